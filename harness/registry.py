@@ -1,0 +1,79 @@
+"""Name → object registries for mixers, model presets, tasks and suites.
+
+This is a leaf module: it imports nothing of the project, so that `models/` and `tasks/` can register
+themselves here without importing each other (DESIGN.md: imports point one way).
+
+    from harness.registry import MIXERS
+
+    @MIXERS.register("kda")
+    class KDA(nn.Module): ...
+
+    MIXERS.get("kda")     # -> KDA
+    MIXERS.get("kdaa")    # UnknownName: unknown mixer 'kdaa'; did you mean: kda?
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class HarnessError(Exception):
+    """An error caused by the user's input. The CLI prints its message as one line and exits with code 2."""
+
+
+class UnknownName(HarnessError, KeyError):
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])
+
+
+class Registry(Generic[T]):
+    """A named collection of objects of one kind (e.g. "mixer"), filled with the `register` decorator."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            self.add(name, obj)
+            return obj
+
+        return decorator
+
+    def add(self, name: str, obj: T) -> None:
+        if name in self._entries:
+            raise ValueError(f"{self.kind} '{name}' is registered twice ({self._entries[name]!r} and {obj!r})")
+        self._entries[name] = obj
+
+    def get(self, name: str) -> T:
+        if name not in self._entries:
+            raise UnknownName(self.unknown_message(name))
+        return self._entries[name]
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
+        hint = f"did you mean: {', '.join(close)}?" if close else f"known: {', '.join(sorted(self._entries))}"
+        return f"unknown {self.kind} '{name}'; {hint}"
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def items(self) -> Iterator[tuple[str, T]]:
+        return iter(sorted(self._entries.items()))
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+MIXERS: Registry = Registry("mixer")
+ARCHITECTURES: Registry = Registry("model")
+SIZES: Registry = Registry("model size")
+TASKS: Registry = Registry("task")
+SUITES: Registry = Registry("suite")

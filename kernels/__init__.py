@@ -1,0 +1,1 @@
+"""Compute kernels. Imports only torch (and triton, where a Triton implementation exists)."""

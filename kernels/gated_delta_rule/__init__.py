@@ -1,0 +1,108 @@
+"""The chunked gated delta rule family behind one public op.
+
+One function serves four mixers through two switches:
+
+| mixer          | gate      | delta |
+|----------------|-----------|-------|
+| KDA            | "channel" | True  |
+| Gated DeltaNet | "scalar"  | True  |
+| Mamba2 (SSD)   | "scalar"  | False |
+| GLA            | "channel" | False |
+
+Implementations: "torch" (chunked PyTorch, `chunk_torch.py`, runs anywhere), "reference" (the token-by-token
+recurrence, `ref.py`, slow; the specification) and "triton" (fused GPU kernels, not in this build yet).
+"auto" picks the fastest one available for the input's device; `resolve_impl` tells which, so that results can
+record it. Nothing switches silently.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .chunk_torch import chunk_gated_delta_rule_torch
+from .ref import gated_delta_rule_ref
+
+IMPLS = ("auto", "torch", "triton", "reference")
+GATES = ("scalar", "channel")
+
+__all__ = ["gated_delta_rule", "gated_delta_rule_ref", "chunk_gated_delta_rule_torch", "resolve_impl", "IMPLS"]
+
+
+def resolve_impl(impl: str, device: torch.device | str) -> str:
+    """The implementation that `impl` stands for on `device` ("auto" resolved)."""
+    if impl not in IMPLS:
+        raise ValueError(f"unknown kernel impl '{impl}'; expected one of {', '.join(IMPLS)}")
+    if impl == "triton":
+        raise NotImplementedError(
+            "the Triton kernels of the gated delta rule are not in this build yet; use impl='torch' or 'auto'"
+        )
+    # Until the Triton kernels land, the chunked PyTorch path is the fastest one on every device.
+    return "torch" if impl == "auto" else impl
+
+
+def gated_delta_rule(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    g: Tensor,
+    beta: Tensor | None = None,
+    *,
+    gate: str = "scalar",
+    delta: bool = True,
+    scale: float | None = None,
+    initial_state: Tensor | None = None,
+    output_final_state: bool = False,
+    cu_seqlens: Tensor | None = None,
+    impl: str = "auto",
+    chunk_size: int = 64,
+) -> tuple[Tensor, Tensor | None]:
+    """Gated delta rule over whole sequences (see `ref.py` for the recurrence).
+
+    Args:
+        q, k: (B, T, H, K) queries and keys (L2-normalise k yourself when delta=True: the rule assumes |k| <= 1
+            times beta < 2 for stability). v: (B, T, H, V).
+        g: log forget gate (<= 0): (B, T, H) for gate="scalar", (B, T, H, K) for gate="channel".
+        beta: (B, T, H) write strength of the delta rule; required iff delta=True.
+        scale: query scale, default K ** -0.5.
+        initial_state: (N, H, K, V) state before the first token; N = B, or the number of sequences with cu_seqlens.
+        output_final_state: also return the (N, H, K, V) float32 state after the last token.
+        cu_seqlens: (N + 1,) int offsets of N sequences packed into one row (B must be 1).
+        impl: "auto", "torch", "triton" or "reference".
+        chunk_size: tokens per chunk of the chunked implementations.
+    Returns:
+        (o, final_state): o (B, T, H, V) in v's dtype; final_state or None.
+    """
+    _check_inputs(q, k, v, g, beta, gate, delta, initial_state, cu_seqlens)
+    kwargs = dict(
+        gate=gate,
+        delta=delta,
+        scale=scale,
+        initial_state=initial_state,
+        output_final_state=output_final_state,
+        cu_seqlens=cu_seqlens,
+    )
+    impl = resolve_impl(impl, q.device)
+    if impl == "reference":
+        return gated_delta_rule_ref(q, k, v, g, beta, dtype=torch.float32, **kwargs)
+    return chunk_gated_delta_rule_torch(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
+
+
+def _check_inputs(q, k, v, g, beta, gate, delta, initial_state, cu_seqlens) -> None:
+    if gate not in GATES:
+        raise ValueError(f"gate must be one of {GATES}, got '{gate}'")
+    B, T, H, K = q.shape
+    if k.shape != q.shape or v.shape[:3] != (B, T, H):
+        raise ValueError(f"shape mismatch: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+    expected_g = (B, T, H) if gate == "scalar" else (B, T, H, K)
+    if tuple(g.shape) != expected_g:
+        raise ValueError(f"gate='{gate}' needs g of shape {expected_g}, got {tuple(g.shape)}")
+    if delta and (beta is None or tuple(beta.shape) != (B, T, H)):
+        raise ValueError(f"delta=True needs beta of shape {(B, T, H)}")
+    if not delta and beta is not None:
+        raise ValueError("delta=False takes no beta (scale v instead)")
+    if cu_seqlens is not None and B != 1:
+        raise ValueError(f"cu_seqlens packs sequences into one row: B must be 1, got {B}")
+    N = B if cu_seqlens is None else len(cu_seqlens) - 1
+    if initial_state is not None and tuple(initial_state.shape) != (N, H, K, v.shape[-1]):
+        raise ValueError(f"initial_state must be {(N, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}")
