@@ -1,0 +1,144 @@
+"""The shared language-model backbone: only the sequence mixer changes between architectures (Zoology's frame).
+
+    embedding -> n x [RMSNorm -> mixer -> + -> RMSNorm -> SwiGLU MLP -> +] -> RMSNorm -> LM head
+
+A mixer is any registered `Mixer` subclass; the backbone never branches on a mixer's name. A mixer whose
+config has `block_mlp = False` gets a block without the MLP (Mamba2 as in its paper).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.registry import MIXERS
+
+from .layers import RMSNorm
+
+
+class Mixer(nn.Module):
+    """A sequence mixer: (B, T, D) -> (B, T, D), causal.
+
+    Subclasses set `Config` (a frozen dataclass with a `from_size` classmethod), are registered with
+    `@MIXERS.register(name)` and take `(d_model, config, kernel_impl)` in their constructor.
+    """
+
+    Config: ClassVar[type]
+
+    def state_size(self, seq_len: int) -> int:
+        """Numbers this mixer holds per sequence at inference after `seq_len` tokens (recurrent state or cache)."""
+        raise NotImplementedError
+
+    def kernel_name(self, device: torch.device | str) -> str:
+        """The compute path this mixer's forward takes on `device`, recorded in results (e.g. 'gdr:torch')."""
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    vocab_size: int = 8192
+    """Token vocabulary, set by the task."""
+    d_model: int = 64
+    """Width of the residual stream."""
+    layers: tuple[str, ...] = ("kda", "kda")
+    """Mixer name of every layer, first to last (a hybrid is just a mixed list)."""
+    mixers: dict[str, Any] = field(default_factory=dict)
+    """Config of each mixer named in `layers` (a dataclass per name; defaults from the size preset)."""
+    mlp_ratio: float = 4.0
+    """SwiGLU hidden width is mlp_ratio * 2/3 * d_model, rounded up to a multiple of 8 (parameters of a 4x MLP)."""
+    norm_eps: float = 1e-6
+    """RMSNorm epsilon."""
+    tie_embeddings: bool = False
+    """Share the input embedding with the LM head."""
+    init_std: float = 0.02
+    """Standard deviation of the normal initialisation of linear and embedding weights."""
+    kernel_impl: str = "auto"
+    """Gated-delta-rule implementation: auto, torch, triton or reference."""
+
+    def __post_init__(self):
+        if not self.layers:
+            raise ValueError("a model needs at least one layer")
+        missing = [name for name in dict.fromkeys(self.layers) if name not in self.mixers]
+        if missing:
+            raise ValueError(f"no config for mixer(s) {missing} named in layers")
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, d_model: int, ratio: float):
+        super().__init__()
+        hidden = 8 * -(-int(ratio * 2 / 3 * d_model) // 8)
+        self.gate_up = nn.Linear(d_model, 2 * hidden, bias=False)
+        self.down = nn.Linear(hidden, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        name = config.layers[layer_idx]
+        mixer_config = config.mixers[name]
+        self.mixer_name = name
+        self.mixer_norm = RMSNorm(config.d_model, config.norm_eps)
+        self.mixer = MIXERS.get(name)(config.d_model, mixer_config, kernel_impl=config.kernel_impl)
+        self.mlp = None
+        if getattr(mixer_config, "block_mlp", True):
+            self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
+            self.mlp = SwiGLU(config.d_model, config.mlp_ratio)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + self.mixer(self.mixer_norm(x))
+        if self.mlp is not None:
+            x = x + self.mlp(self.mlp_norm(x))
+        return x
+
+
+class LanguageModel(nn.Module):
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        self.embed = nn.Embedding(config.vocab_size, config.d_model)
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(len(config.layers)))
+        self.norm = RMSNorm(config.d_model, config.norm_eps)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # Mixers initialise their own special parameters (A_log, dt_bias, D); plain weights are set here.
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=self.config.init_std)
+
+    def forward(self, input_ids: Tensor) -> Tensor:  # (B, T) -> (B, T, vocab)
+        x = self.embed(input_ids)
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.norm(x))
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        total = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            total -= self.embed.weight.numel()
+            if not self.config.tie_embeddings:
+                total -= self.lm_head.weight.numel()
+        return total
+
+    def state_size(self, seq_len: int) -> int:
+        """Numbers held per sequence at inference after seq_len tokens, summed over layers."""
+        return sum(block.mixer.state_size(seq_len) for block in self.blocks)
+
+    def kernel_names(self, device: torch.device | str) -> str:
+        """The distinct compute paths of this model's mixers, e.g. 'gdr:torch+sdpa'."""
+        return "+".join(dict.fromkeys(block.mixer.kernel_name(device) for block in self.blocks))
+

@@ -1,0 +1,86 @@
+"""Gated DeltaNet (Yang et al. 2024), as used for GDN-H in the Kimi Linear report: a scalar forget gate per head.
+
+    q, k, v, beta as in KDA (short convolutions, L2-normalised q/k, sigmoid beta)
+    g   = -exp(A_log[h]) * softplus(W_a x + dt_bias[h])                   one number per head and token
+    S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,      o_t = S_t^T q_t / sqrt(head_dim)
+    y   = W_o( act(W_g x) * RMSNorm_per_head(o) )       act = SiLU (GDN paper) or sigmoid (Kimi report's GDN-H)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.registry import MIXERS
+from kernels.gated_delta_rule import gated_delta_rule, resolve_impl
+
+from .backbone import Mixer
+from .layers import DeltaRuleInputs, RMSNorm, init_gate_parameters
+
+OUTPUT_GATES = {"swish": F.silu, "sigmoid": torch.sigmoid}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GDNConfig:
+    num_heads: int = 2
+    """Number of heads."""
+    head_dim: int = 32
+    """Key and value width per head."""
+    conv_size: int = 4
+    """Kernel of the short convolutions on q, k and v."""
+    output_gate: str = "swish"
+    """Activation of the full-rank output gate: 'swish' (GDN paper) or 'sigmoid' (Kimi report, GDN-H)."""
+    negative_eigenvalues: bool = False
+    """beta in (0, 2) instead of (0, 1)."""
+    A_init_range: tuple[float, float] = (1.0, 16.0)
+    """A_log = log U(range) per head."""
+    dt_init_range: tuple[float, float] = (1e-3, 1e-1)
+    """dt_bias = softplus^-1(dt), dt log-uniform in this range, per head."""
+    chunk_size: int = 64
+    """Tokens per chunk of the chunked kernel."""
+
+    def __post_init__(self):
+        if self.output_gate not in OUTPUT_GATES:
+            raise ValueError(f"output_gate must be one of {sorted(OUTPUT_GATES)}, got '{self.output_gate}'")
+
+    @classmethod
+    def from_size(cls, d_model: int, num_heads: int, head_dim: int) -> GDNConfig:
+        return cls(num_heads=num_heads, head_dim=head_dim)
+
+
+@MIXERS.register("gdn")
+class GDN(Mixer):
+    Config = GDNConfig
+
+    def __init__(self, d_model: int, config: GDNConfig, kernel_impl: str = "auto"):
+        super().__init__()
+        self.config, self.kernel_impl = config, kernel_impl
+        H, K = config.num_heads, config.head_dim
+        self.inputs = DeltaRuleInputs(d_model, H, K, config.conv_size, config.negative_eigenvalues)
+        self.a_proj = nn.Linear(d_model, H, bias=False)
+        self.A_log, self.dt_bias = init_gate_parameters(H, H, config.A_init_range, config.dt_init_range)
+        self.g_proj = nn.Linear(d_model, H * K, bias=False)
+        self.o_norm = RMSNorm(K)
+        self.o_proj = nn.Linear(H * K, d_model, bias=False)
+        self.gate_fn = OUTPUT_GATES[config.output_gate]
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        H, K = self.config.num_heads, self.config.head_dim
+        q, k, v, beta = self.inputs(x)
+        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H)
+        o, _ = gated_delta_rule(
+            q, k, v, g, beta, gate="scalar", delta=True, impl=self.kernel_impl, chunk_size=self.config.chunk_size
+        )
+        o = self.o_norm(o) * self.gate_fn(self.g_proj(x).view(B, T, H, K))
+        return self.o_proj(o.reshape(B, T, H * K))
+
+    def state_size(self, seq_len: int) -> int:
+        H, K = self.config.num_heads, self.config.head_dim
+        return H * K * K + self.inputs.conv_state_size()
+
+    def kernel_name(self, device: torch.device | str) -> str:
+        return f"gdr:{resolve_impl(self.kernel_impl, device)}"

@@ -1,0 +1,95 @@
+"""Building blocks shared by several mixers and the backbone: RMSNorm, the causal short convolution and the
+q/k/v/beta input path of the delta-rule mixers (KDA and GDN)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm over the last dimension, computed in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        x32 = x.float()
+        x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (x32 * self.weight.float()).to(x.dtype)
+
+
+class ShortConvolution(nn.Module):
+    """Depthwise causal 1-D convolution over time (kernel 4 in KDA, GDN and Mamba2), optionally followed by SiLU.
+
+    Inference state: the last kernel_size - 1 inputs of every channel.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True, bias: bool = False):
+        super().__init__()
+        self.channels, self.kernel_size, self.activation = channels, kernel_size, activation
+        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, C)
+        T = x.shape[1]
+        y = self.conv(x.transpose(1, 2))[..., :T].transpose(1, 2)
+        return F.silu(y) if self.activation else y
+
+    def state_size(self) -> int:
+        return (self.kernel_size - 1) * self.channels
+
+
+class DeltaRuleInputs(nn.Module):
+    """The input path shared by KDA and Gated DeltaNet (Kimi Linear report, Eq. 10):
+
+        q, k = L2Norm(SiLU(ShortConv(W_{q,k} x)));  v = SiLU(ShortConv(W_v x));  beta = sigmoid(W_beta x)
+
+    With `negative_eigenvalues`, beta is scaled to (0, 2): the transition I - beta k k^T can then have a
+    negative eigenvalue, which is what lets a linear RNN track parity (Grazzi et al. 2025).
+    """
+
+    def __init__(self, d_model: int, num_heads: int, head_dim: int, conv_size: int, negative_eigenvalues: bool):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.beta_scale = 2.0 if negative_eigenvalues else 1.0
+        width = num_heads * head_dim
+        self.q_proj = nn.Linear(d_model, width, bias=False)
+        self.k_proj = nn.Linear(d_model, width, bias=False)
+        self.v_proj = nn.Linear(d_model, width, bias=False)
+        self.b_proj = nn.Linear(d_model, num_heads, bias=False)
+        self.q_conv = ShortConvolution(width, conv_size)
+        self.k_conv = ShortConvolution(width, conv_size)
+        self.v_conv = ShortConvolution(width, conv_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        B, T, _ = x.shape
+        H, K = self.num_heads, self.head_dim
+        q = F.normalize(self.q_conv(self.q_proj(x)).view(B, T, H, K), dim=-1, eps=1e-6)  # (B, T, H, K)
+        k = F.normalize(self.k_conv(self.k_proj(x)).view(B, T, H, K), dim=-1, eps=1e-6)  # (B, T, H, K)
+        v = self.v_conv(self.v_proj(x)).view(B, T, H, K)  # (B, T, H, V)
+        beta = self.beta_scale * torch.sigmoid(self.b_proj(x).float())  # (B, T, H)
+        return q, k, v, beta
+
+    def conv_state_size(self) -> int:
+        return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size()
+
+
+def init_gate_parameters(num_heads: int, dt_channels: int, a_range: tuple[float, float], dt_range: tuple[float, float]):
+    """A_log = log U(a_range) per head; dt_bias = softplus^-1(dt), dt log-uniform in dt_range (Mamba2 init).
+
+    Used by every mixer whose forget gate is -exp(A_log) * softplus(. + dt_bias): KDA, GDN and Mamba2.
+    """
+    A = torch.empty(num_heads).uniform_(*a_range)
+    lo, hi = dt_range
+    dt = torch.exp(torch.rand(dt_channels) * (torch.log(torch.tensor(hi)) - torch.log(torch.tensor(lo))) + torch.log(torch.tensor(lo)))
+    dt = dt.clamp_min(1e-4)
+    inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))
+    A_log = nn.Parameter(torch.log(A))
+    dt_bias = nn.Parameter(inv_softplus_dt)
+    # Both are excluded from weight decay by the trainer (they parameterise a decay, not a mapping).
+    A_log._no_weight_decay = True
+    dt_bias._no_weight_decay = True
+    return A_log, dt_bias

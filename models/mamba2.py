@@ -1,0 +1,131 @@
+"""Mamba2 (Dao & Gu 2024): the SSD recurrence, one member of the gated delta rule family without the delta rule.
+
+    z, xBC, dt = in_proj(x)                 xBC = SiLU(ShortConv(xBC)) -> x (heads of head_dim), B, C (n_groups)
+    dt  = clamp(softplus(dt + dt_bias))     A = -exp(A_log)            one of each per head
+    h_t = exp(dt_t A) h_{t-1} + B_t (dt_t x_t)^T,    y_t = h_t^T C_t + D * x_t
+    y   = out_proj( GatedRMSNorm(y, z) )
+
+In kernel terms: q = C, k = B, v = dt * x, g = dt * A, gate="scalar", delta=False, scale 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from harness.registry import MIXERS
+from kernels.gated_delta_rule import gated_delta_rule, resolve_impl
+
+from .backbone import Mixer
+from .layers import ShortConvolution, init_gate_parameters
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mamba2Config:
+    expand: int = 2
+    """Inner width = expand * d_model."""
+    head_dim: int = 32
+    """Channels per head of x (64 in the paper)."""
+    d_state: int = 32
+    """State width N of B and C (64-128 in the paper)."""
+    n_groups: int = 1
+    """Groups of heads sharing one B and C (like grouped-query attention)."""
+    conv_size: int = 4
+    """Kernel of the causal convolution over x, B and C."""
+    A_init_range: tuple[float, float] = (1.0, 16.0)
+    """A = U(range) per head; stored as A_log."""
+    dt_init_range: tuple[float, float] = (1e-3, 1e-1)
+    """dt_bias = softplus^-1(dt), dt log-uniform in this range."""
+    dt_limit: tuple[float, float] = (0.0, float("inf"))
+    """Clamp of dt after the softplus."""
+    norm_before_gate: bool = False
+    """False: RMSNorm(y * SiLU(z)) as mamba_ssm's default; True: RMSNorm(y) * SiLU(z)."""
+    block_mlp: bool = True
+    """Keep the backbone's MLP in this block. The Mamba2 paper has none; True keeps one backbone for all mixers."""
+    chunk_size: int = 64
+    """Tokens per chunk of the chunked kernel."""
+
+    @classmethod
+    def from_size(cls, d_model: int, num_heads: int, head_dim: int) -> Mamba2Config:
+        # Mamba2 heads are narrower and more numerous than attention heads; its state width follows head_dim.
+        return cls(head_dim=head_dim, d_state=head_dim)
+
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm over groups of channels, gated by SiLU(z), before or after normalising."""
+
+    def __init__(self, dim: int, group_size: int, norm_before_gate: bool, eps: float = 1e-6):
+        super().__init__()
+        self.group_size, self.norm_before_gate, self.eps = group_size, norm_before_gate, eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, y: Tensor, z: Tensor) -> Tensor:
+        dtype = y.dtype
+        y, z = y.float(), z.float()
+        if not self.norm_before_gate:
+            y = y * F.silu(z)
+        groups = y.unflatten(-1, (-1, self.group_size))
+        y = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
+        y = y * self.weight.float()
+        if self.norm_before_gate:
+            y = y * F.silu(z)
+        return y.to(dtype)
+
+
+@MIXERS.register("mamba2")
+class Mamba2(Mixer):
+    Config = Mamba2Config
+
+    def __init__(self, d_model: int, config: Mamba2Config, kernel_impl: str = "auto"):
+        super().__init__()
+        self.config, self.kernel_impl = config, kernel_impl
+        d_inner = config.expand * d_model
+        if d_inner % config.head_dim:
+            raise ValueError(f"mamba2: expand * d_model = {d_inner} is not a multiple of head_dim {config.head_dim}")
+        self.d_inner, self.num_heads = d_inner, d_inner // config.head_dim
+        if self.num_heads % config.n_groups:
+            raise ValueError(f"mamba2: {self.num_heads} heads cannot be split into {config.n_groups} groups")
+        bc_width = 2 * config.n_groups * config.d_state
+        self.in_proj = nn.Linear(d_model, 2 * d_inner + bc_width + self.num_heads, bias=False)
+        self.conv = ShortConvolution(d_inner + bc_width, config.conv_size, bias=True)
+        self.A_log, self.dt_bias = init_gate_parameters(
+            self.num_heads, self.num_heads, config.A_init_range, config.dt_init_range
+        )
+        self.D = nn.Parameter(torch.ones(self.num_heads))
+        self.D._no_weight_decay = True
+        self.norm = GatedRMSNorm(d_inner, d_inner // config.n_groups, config.norm_before_gate)
+        self.out_proj = nn.Linear(d_inner, d_model, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        H, P, N, G = self.num_heads, self.config.head_dim, self.config.d_state, self.config.n_groups
+        z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], dim=-1)
+        xs, Bs, Cs = self.conv(xBC).split([self.d_inner, G * N, G * N], dim=-1)
+        xs = xs.view(B, T, H, P)
+        # every head of a group reads the same B and C
+        Bs = Bs.view(B, T, G, 1, N).expand(B, T, G, H // G, N).reshape(B, T, H, N)
+        Cs = Cs.view(B, T, G, 1, N).expand(B, T, G, H // G, N).reshape(B, T, H, N)
+        dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.config.dt_limit)  # (B, T, H)
+        g = dt * -self.A_log.float().exp()  # (B, T, H)
+        y, _ = gated_delta_rule(
+            Cs,
+            Bs,
+            xs * dt[..., None].to(xs.dtype),
+            g,
+            gate="scalar",
+            delta=False,
+            scale=1.0,
+            impl=self.kernel_impl,
+            chunk_size=self.config.chunk_size,
+        )
+        y = y + self.D.to(y.dtype)[:, None] * xs  # (B, T, H, P)
+        return self.out_proj(self.norm(y.reshape(B, T, self.d_inner), z))
+
+    def state_size(self, seq_len: int) -> int:
+        return self.num_heads * self.config.head_dim * self.config.d_state + self.conv.state_size()
+
+    def kernel_name(self, device: torch.device | str) -> str:
+        return f"gdr:{resolve_impl(self.kernel_impl, device)}"

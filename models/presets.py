@@ -1,0 +1,109 @@
+"""Named model presets: architectures (which mixer in which layer) and sizes (how wide and deep).
+
+A model is named on the command line as `ARCH[@SIZE]`:
+
+    kda, gdn, mamba2, mla         one mixer in every layer
+    kimi                          3 kda : 1 mla, NoPE (Kimi Linear)
+    gdn-h                         3 gdn : 1 mla, sigmoid output gate (the Kimi report's GDN-H baseline)
+    kda:mla=1:1                   any ratio of registered mixers
+    kimi@kimi-synth               an explicit size; without one the suite's scale picks it
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from harness.registry import ARCHITECTURES, MIXERS, SIZES, HarnessError
+
+from .backbone import ModelConfig
+
+
+@dataclass(frozen=True, kw_only=True)
+class Size:
+    d_model: int
+    n_layers: int
+    num_heads: int
+    head_dim: int
+    description: str = ""
+
+
+SIZES.add("tiny", Size(d_model=64, n_layers=2, num_heads=2, head_dim=32, description="CPU minutes; CI"))
+SIZES.add(
+    "kimi-synth",
+    Size(d_model=256, n_layers=2, num_heads=2, head_dim=128, description="Kimi report synthetic tests"),
+)
+SIZES.add("small", Size(d_model=256, n_layers=4, num_heads=4, head_dim=64, description="one GPU, under an hour"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class Architecture:
+    mixers: tuple[str, ...]
+    """Distinct mixers, majority first."""
+    ratio: tuple[int, ...]
+    """How many layers of each mixer per period of the pattern."""
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Mixer config fields that differ from the mixer's defaults, by mixer name."""
+    description: str = ""
+
+    def layers(self, n_layers: int) -> tuple[str, ...]:
+        """Repeat the pattern over n_layers; the last layer is always the last mixer of the pattern.
+
+        That is how the released Kimi-Linear places its attention layers (every 4th and the last); it also
+        keeps one attention layer in a 2-layer hybrid, where 3:1 would otherwise be all KDA.
+        """
+        period = [name for name, count in zip(self.mixers, self.ratio, strict=True) for _ in range(count)]
+        layers = [period[i % len(period)] for i in range(n_layers)]
+        layers[-1] = period[-1]
+        return tuple(layers)
+
+
+for _name in ("kda", "gdn", "mamba2", "mla"):
+    ARCHITECTURES.add(_name, Architecture(mixers=(_name,), ratio=(1,), description=f"{_name} in every layer"))
+ARCHITECTURES.add("kimi", Architecture(mixers=("kda", "mla"), ratio=(3, 1), description="Kimi Linear: 3 kda : 1 mla, NoPE"))
+ARCHITECTURES.add(
+    "gdn-h",
+    Architecture(
+        mixers=("gdn", "mla"),
+        ratio=(3, 1),
+        overrides={"gdn": {"output_gate": "sigmoid"}},
+        description="Kimi report's GDN-H: 3 gdn : 1 mla, sigmoid output gate",
+    ),
+)
+
+_RATIO = re.compile(r"^(?P<names>[\w-]+(?::[\w-]+)+)=(?P<counts>\d+(?::\d+)+)$")
+
+
+def parse_architecture(name: str) -> Architecture:
+    """A registered architecture, or a ratio pattern such as 'kda:mla=3:1'."""
+    match = _RATIO.match(name)
+    if not match:
+        return ARCHITECTURES.get(name)
+    names, counts = match["names"].split(":"), [int(c) for c in match["counts"].split(":")]
+    if len(names) != len(counts) or min(counts) < 1:
+        raise HarnessError(f"bad hybrid '{name}': give one positive count per mixer, e.g. kda:mla=3:1")
+    for mixer in names:
+        MIXERS.get(mixer)
+    return Architecture(mixers=tuple(names), ratio=tuple(counts), description=f"hybrid {name}")
+
+
+def split_model_token(token: str, default_size: str) -> tuple[str, str]:
+    """'kimi@small' -> ('kimi', 'small'); 'kimi' -> ('kimi', default_size)."""
+    arch, _, size = token.partition("@")
+    return arch, size or default_size
+
+
+def build_model_config(token: str, default_size: str, vocab_size: int, **fields: Any) -> ModelConfig:
+    """The ModelConfig a model token stands for at a size."""
+    arch_name, size_name = split_model_token(token, default_size)
+    arch, size = parse_architecture(arch_name), SIZES.get(size_name)
+    mixers = {}
+    for mixer in arch.mixers:
+        config_cls = MIXERS.get(mixer).Config
+        config = config_cls.from_size(size.d_model, size.num_heads, size.head_dim)
+        mixers[mixer] = dataclasses.replace(config, **arch.overrides.get(mixer, {}))
+    return ModelConfig(
+        vocab_size=vocab_size, d_model=size.d_model, layers=arch.layers(size.n_layers), mixers=mixers, **fields
+    )
