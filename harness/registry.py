@@ -46,7 +46,9 @@ class Registry(Generic[T]):
 
     def add(self, name: str, obj: T) -> None:
         if name in self._entries:
-            raise ValueError(f"{self.kind} '{name}' is registered twice ({self._entries[name]!r} and {obj!r})")
+            raise ValueError(
+                f"{self.kind} '{name}' is registered twice ({self._entries[name]!r} and {obj!r})"
+            )
         self._entries[name] = obj
 
     def get(self, name: str) -> T:

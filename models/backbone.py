@@ -141,4 +141,3 @@ class LanguageModel(nn.Module):
     def kernel_names(self, device: torch.device | str) -> str:
         """The distinct compute paths of this model's mixers, e.g. 'gdr:torch+sdpa'."""
         return "+".join(dict.fromkeys(block.mixer.kernel_name(device) for block in self.blocks))
-

@@ -1,9 +1,9 @@
 """Gated DeltaNet (Yang et al. 2024), as used for GDN-H in the Kimi Linear report: a scalar forget gate per head.
 
-    q, k, v, beta as in KDA (short convolutions, L2-normalised q/k, sigmoid beta)
-    g   = -exp(A_log[h]) * softplus(W_a x + dt_bias[h])                   one number per head and token
-    S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,      o_t = S_t^T q_t / sqrt(head_dim)
-    y   = W_o( act(W_g x) * RMSNorm_per_head(o) )       act = SiLU (GDN paper) or sigmoid (Kimi report's GDN-H)
+q, k, v, beta as in KDA (short convolutions, L2-normalised q/k, sigmoid beta)
+g   = -exp(A_log[h]) * softplus(W_a x + dt_bias[h])                   one number per head and token
+S_t = exp(g_t) (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T,      o_t = S_t^T q_t / sqrt(head_dim)
+y   = W_o( act(W_g x) * RMSNorm_per_head(o) )       act = SiLU (GDN paper) or sigmoid (Kimi report's GDN-H)
 """
 
 from __future__ import annotations
@@ -73,7 +73,15 @@ class GDN(Mixer):
         q, k, v, beta = self.inputs(x)
         g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H)
         o, _ = gated_delta_rule(
-            q, k, v, g, beta, gate="scalar", delta=True, impl=self.kernel_impl, chunk_size=self.config.chunk_size
+            q,
+            k,
+            v,
+            g,
+            beta,
+            gate="scalar",
+            delta=True,
+            impl=self.kernel_impl,
+            chunk_size=self.config.chunk_size,
         )
         o = self.o_norm(o) * self.gate_fn(self.g_proj(x).view(B, T, H, K))
         return self.o_proj(o.reshape(B, T, H * K))

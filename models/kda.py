@@ -1,9 +1,9 @@
 """Kimi Delta Attention (Kimi Linear report, Eq. 10): Gated DeltaNet with a per-channel forget gate.
 
-    q, k = L2Norm(SiLU(ShortConv(W_{q,k} x)))      v = SiLU(ShortConv(W_v x))      beta = sigmoid(W_beta x)
-    g    = -exp(A_log[h]) * softplus(W_up W_down x + dt_bias)          low rank d -> head_dim -> H * head_dim
-    S_t  = (I - beta_t k_t k_t^T) Diag(exp(g_t)) S_{t-1} + beta_t k_t v_t^T,     o_t = S_t^T q_t / sqrt(head_dim)
-    y    = W_o( sigmoid(W_up' W_down' x) * RMSNorm_per_head(o) )       low-rank sigmoid output gate
+q, k = L2Norm(SiLU(ShortConv(W_{q,k} x)))      v = SiLU(ShortConv(W_v x))      beta = sigmoid(W_beta x)
+g    = -exp(A_log[h]) * softplus(W_up W_down x + dt_bias)          low rank d -> head_dim -> H * head_dim
+S_t  = (I - beta_t k_t k_t^T) Diag(exp(g_t)) S_{t-1} + beta_t k_t v_t^T,     o_t = S_t^T q_t / sqrt(head_dim)
+y    = W_o( sigmoid(W_up' W_down' x) * RMSNorm_per_head(o) )       low-rank sigmoid output gate
 """
 
 from __future__ import annotations
@@ -66,9 +66,19 @@ class KDA(Mixer):
         H, K = self.config.num_heads, self.config.head_dim
         q, k, v, beta = self.inputs(x)
         f = self.f_proj(x).float().view(B, T, H, K)
-        g = -self.A_log.float().exp()[:, None] * F.softplus(f + self.dt_bias.float().view(H, K))  # (B, T, H, K)
+        g = -self.A_log.float().exp()[:, None] * F.softplus(
+            f + self.dt_bias.float().view(H, K)
+        )  # (B, T, H, K)
         o, _ = gated_delta_rule(
-            q, k, v, g, beta, gate="channel", delta=True, impl=self.kernel_impl, chunk_size=self.config.chunk_size
+            q,
+            k,
+            v,
+            g,
+            beta,
+            gate="channel",
+            delta=True,
+            impl=self.kernel_impl,
+            chunk_size=self.config.chunk_size,
         )
         o = self.o_norm(o) * torch.sigmoid(self.g_proj(x).view(B, T, H, K))
         return self.o_proj(o.reshape(B, T, H * K))

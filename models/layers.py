@@ -31,7 +31,9 @@ class ShortConvolution(nn.Module):
     def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True, bias: bool = False):
         super().__init__()
         self.channels, self.kernel_size, self.activation = channels, kernel_size, activation
-        self.conv = nn.Conv1d(channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=bias)
+        self.conv = nn.Conv1d(
+            channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=bias
+        )
 
     def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, C)
         T = x.shape[1]
@@ -51,7 +53,9 @@ class DeltaRuleInputs(nn.Module):
     negative eigenvalue, which is what lets a linear RNN track parity (Grazzi et al. 2025).
     """
 
-    def __init__(self, d_model: int, num_heads: int, head_dim: int, conv_size: int, negative_eigenvalues: bool):
+    def __init__(
+        self, d_model: int, num_heads: int, head_dim: int, conv_size: int, negative_eigenvalues: bool
+    ):
         super().__init__()
         self.num_heads, self.head_dim = num_heads, head_dim
         self.beta_scale = 2.0 if negative_eigenvalues else 1.0
@@ -77,14 +81,19 @@ class DeltaRuleInputs(nn.Module):
         return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size()
 
 
-def init_gate_parameters(num_heads: int, dt_channels: int, a_range: tuple[float, float], dt_range: tuple[float, float]):
+def init_gate_parameters(
+    num_heads: int, dt_channels: int, a_range: tuple[float, float], dt_range: tuple[float, float]
+):
     """A_log = log U(a_range) per head; dt_bias = softplus^-1(dt), dt log-uniform in dt_range (Mamba2 init).
 
     Used by every mixer whose forget gate is -exp(A_log) * softplus(. + dt_bias): KDA, GDN and Mamba2.
     """
     A = torch.empty(num_heads).uniform_(*a_range)
     lo, hi = dt_range
-    dt = torch.exp(torch.rand(dt_channels) * (torch.log(torch.tensor(hi)) - torch.log(torch.tensor(lo))) + torch.log(torch.tensor(lo)))
+    dt = torch.exp(
+        torch.rand(dt_channels) * (torch.log(torch.tensor(hi)) - torch.log(torch.tensor(lo)))
+        + torch.log(torch.tensor(lo))
+    )
     dt = dt.clamp_min(1e-4)
     inv_softplus_dt = dt + torch.log(-torch.expm1(-dt))
     A_log = nn.Parameter(torch.log(A))

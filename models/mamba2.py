@@ -84,7 +84,9 @@ class Mamba2(Mixer):
         self.config, self.kernel_impl = config, kernel_impl
         d_inner = config.expand * d_model
         if d_inner % config.head_dim:
-            raise ValueError(f"mamba2: expand * d_model = {d_inner} is not a multiple of head_dim {config.head_dim}")
+            raise ValueError(
+                f"mamba2: expand * d_model = {d_inner} is not a multiple of head_dim {config.head_dim}"
+            )
         self.d_inner, self.num_heads = d_inner, d_inner // config.head_dim
         if self.num_heads % config.n_groups:
             raise ValueError(f"mamba2: {self.num_heads} heads cannot be split into {config.n_groups} groups")

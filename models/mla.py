@@ -1,10 +1,10 @@
 """Multi-head Latent Attention (DeepSeek-V2), with no positional encoding by default as in Kimi Linear.
 
-    c_kv = RMSNorm(W_dkv x)                     latent of kv_lora_rank numbers per token (all that decoding caches)
-    k_h  = [W_uk,h c_kv ; k_rope],  v_h = W_uv,h c_kv
-    q_h  = W_q x  or, with query compression, W_uq,h RMSNorm(W_dq x)
-    k_rope (qk_rope_head_dim, shared by all heads) and the matching part of q get RoPE; qk_rope_head_dim = 0 is NoPE.
-    y    = W_o concat_h softmax(q_h k_h^T / sqrt(d_qk) + causal mask) v_h
+c_kv = RMSNorm(W_dkv x)                     latent of kv_lora_rank numbers per token (all that decoding caches)
+k_h  = [W_uk,h c_kv ; k_rope],  v_h = W_uv,h c_kv
+q_h  = W_q x  or, with query compression, W_uq,h RMSNorm(W_dq x)
+k_rope (qk_rope_head_dim, shared by all heads) and the matching part of q get RoPE; qk_rope_head_dim = 0 is NoPE.
+y    = W_o concat_h softmax(q_h k_h^T / sqrt(d_qk) + causal mask) v_h
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ class MLAConfig:
     @classmethod
     def from_size(cls, d_model: int, num_heads: int, head_dim: int) -> MLAConfig:
         # Kimi Linear: head dims 128 with a 512-wide latent, i.e. four head widths; kept here at every size.
-        return cls(num_heads=num_heads, qk_nope_head_dim=head_dim, v_head_dim=head_dim, kv_lora_rank=4 * head_dim)
+        return cls(
+            num_heads=num_heads, qk_nope_head_dim=head_dim, v_head_dim=head_dim, kv_lora_rank=4 * head_dim
+        )
 
 
 def apply_rope(x: Tensor, theta: float) -> Tensor:
@@ -67,7 +69,12 @@ class MLA(Mixer):
     def __init__(self, d_model: int, config: MLAConfig, kernel_impl: str = "auto"):
         super().__init__()
         self.config = config
-        H, nope, rope, dv = config.num_heads, config.qk_nope_head_dim, config.qk_rope_head_dim, config.v_head_dim
+        H, nope, rope, dv = (
+            config.num_heads,
+            config.qk_nope_head_dim,
+            config.qk_rope_head_dim,
+            config.v_head_dim,
+        )
         q_width = H * (nope + rope)
         if config.q_lora_rank is None:
             self.q_proj = nn.Linear(d_model, q_width, bias=False)
@@ -96,7 +103,9 @@ class MLA(Mixer):
         else:
             k = k_nope
         # SDPA wants (B, H, T, D)
-        o = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True)
+        o = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+        )
         return self.o_proj(o.transpose(1, 2).reshape(B, T, H * dv))
 
     def state_size(self, seq_len: int) -> int:

@@ -2,7 +2,7 @@
 
 A model is named on the command line as `ARCH[@SIZE]`:
 
-    kda, gdn, mamba2, mla         one mixer in every layer
+    kda, gdn, mamba2, mla         one mixer in every layer (mla with RoPE; mla-nope without)
     kimi                          3 kda : 1 mla, NoPE (Kimi Linear)
     gdn-h                         3 gdn : 1 mla, sigmoid output gate (the Kimi report's GDN-H baseline)
     kda:mla=1:1                   any ratio of registered mixers
@@ -35,7 +35,9 @@ SIZES.add(
     "kimi-synth",
     Size(d_model=256, n_layers=2, num_heads=2, head_dim=128, description="Kimi report synthetic tests"),
 )
-SIZES.add("small", Size(d_model=256, n_layers=4, num_heads=4, head_dim=64, description="one GPU, under an hour"))
+SIZES.add(
+    "small", Size(d_model=256, n_layers=4, num_heads=4, head_dim=64, description="one GPU, under an hour")
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,7 +47,8 @@ class Architecture:
     ratio: tuple[int, ...]
     """How many layers of each mixer per period of the pattern."""
     overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Mixer config fields that differ from the mixer's defaults, by mixer name."""
+    """Mixer config fields that differ from the mixer's defaults, by mixer name; a value may be a function of
+    the Size (e.g. a RoPE width of half the head)."""
     description: str = ""
 
     def layers(self, n_layers: int) -> tuple[str, ...]:
@@ -60,9 +63,27 @@ class Architecture:
         return tuple(layers)
 
 
-for _name in ("kda", "gdn", "mamba2", "mla"):
+for _name in ("kda", "gdn", "mamba2"):
     ARCHITECTURES.add(_name, Architecture(mixers=(_name,), ratio=(1,), description=f"{_name} in every layer"))
-ARCHITECTURES.add("kimi", Architecture(mixers=("kda", "mla"), ratio=(3, 1), description="Kimi Linear: 3 kda : 1 mla, NoPE"))
+# The full-attention baseline gets decoupled RoPE (half a head wide, as DeepSeek-V2's 64 of 128): a model of
+# attention layers alone has no convolution or recurrence to tell it token order, and without positions it fails
+# even the smoke MQAR. The NoPE variant is kept under its own name; in the hybrids the linear layers supply
+# order and MLA is NoPE, as in Kimi Linear.
+ARCHITECTURES.add(
+    "mla",
+    Architecture(
+        mixers=("mla",),
+        ratio=(1,),
+        overrides={"mla": {"qk_rope_head_dim": lambda size: size.head_dim // 2}},
+        description="MLA in every layer, decoupled RoPE (full-attention baseline)",
+    ),
+)
+ARCHITECTURES.add(
+    "mla-nope", Architecture(mixers=("mla",), ratio=(1,), description="MLA in every layer, NoPE")
+)
+ARCHITECTURES.add(
+    "kimi", Architecture(mixers=("kda", "mla"), ratio=(3, 1), description="Kimi Linear: 3 kda : 1 mla, NoPE")
+)
 ARCHITECTURES.add(
     "gdn-h",
     Architecture(
@@ -103,7 +124,12 @@ def build_model_config(token: str, default_size: str, vocab_size: int, **fields:
     for mixer in arch.mixers:
         config_cls = MIXERS.get(mixer).Config
         config = config_cls.from_size(size.d_model, size.num_heads, size.head_dim)
-        mixers[mixer] = dataclasses.replace(config, **arch.overrides.get(mixer, {}))
+        fields_for_size = {k: v(size) if callable(v) else v for k, v in arch.overrides.get(mixer, {}).items()}
+        mixers[mixer] = dataclasses.replace(config, **fields_for_size)
     return ModelConfig(
-        vocab_size=vocab_size, d_model=size.d_model, layers=arch.layers(size.n_layers), mixers=mixers, **fields
+        vocab_size=vocab_size,
+        d_model=size.d_model,
+        layers=arch.layers(size.n_layers),
+        mixers=mixers,
+        **fields,
     )

@@ -26,7 +26,13 @@ from .ref import gated_delta_rule_ref
 IMPLS = ("auto", "torch", "triton", "reference")
 GATES = ("scalar", "channel")
 
-__all__ = ["gated_delta_rule", "gated_delta_rule_ref", "chunk_gated_delta_rule_torch", "resolve_impl", "IMPLS"]
+__all__ = [
+    "gated_delta_rule",
+    "gated_delta_rule_ref",
+    "chunk_gated_delta_rule_torch",
+    "resolve_impl",
+    "IMPLS",
+]
 
 
 def resolve_impl(impl: str, device: torch.device | str) -> str:

@@ -23,6 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+# Sub-chunk of the per-channel gate's exact pairwise decays (see channel_decayed_scores); measured fastest on CPU.
+SUB_CHUNK = 8
+
 
 def chunk_gated_delta_rule_torch(
     q: Tensor,
@@ -41,7 +44,9 @@ def chunk_gated_delta_rule_torch(
 ) -> tuple[Tensor, Tensor | None]:
     """Same contract as `gated_delta_rule_ref`; computes in float32 (float64 for float64 inputs)."""
     if cu_seqlens is None:
-        return _chunk_dense(q, k, v, g, beta, gate, delta, scale, initial_state, output_final_state, chunk_size)
+        return _chunk_dense(
+            q, k, v, g, beta, gate, delta, scale, initial_state, output_final_state, chunk_size
+        )
     # Variable-length batch packed in one row: run the sequences one after another.
     outputs, finals = [], []
     offsets = cu_seqlens.tolist()
@@ -98,10 +103,7 @@ def _chunk_dense(q, k, v, g, beta, gate, delta, scale, initial_state, output_fin
         k_out = k * (G_last[..., None] - G).exp()[..., None]
         state_decay = G_last.exp()[..., None, None]  # (B, H, N, 1, 1)
     else:
-        diff = G[..., :, None, :] - G[..., None, :, :]  # (B, H, N, C, C, K)
-        decay = diff.masked_fill(~lower[..., None], float("-inf")).exp()
-        A_qk = torch.einsum("bhnik,bhnjk,bhnijk->bhnij", q, k, decay)
-        A_kk = torch.einsum("bhnik,bhnjk,bhnijk->bhnij", k, k, decay)
+        A_qk, A_kk = channel_decayed_scores(torch.stack([q, k]), k, G, sub_chunk=SUB_CHUNK).unbind(0)
         G_last = G[..., -1, :]  # (B, H, N, K)
         q_in = q * G.exp()
         k_gated = k * G.exp()
@@ -111,7 +113,9 @@ def _chunk_dense(q, k, v, g, beta, gate, delta, scale, initial_state, output_fin
     if delta:
         b = chunks(beta)[..., None]  # (B, H, N, C, 1)
         L = torch.eye(C, dtype=compute, device=q.device) + (b * A_kk).tril(-1)
-        UW = torch.linalg.solve_triangular(L, b * torch.cat([v, k_gated], dim=-1), upper=False, unitriangular=True)
+        UW = torch.linalg.solve_triangular(
+            L, b * torch.cat([v, k_gated], dim=-1), upper=False, unitriangular=True
+        )
         u, w = UW[..., :V], UW[..., V:]
     else:
         u, w = v, None
@@ -125,3 +129,38 @@ def _chunk_dense(q, k, v, g, beta, gate, delta, scale, initial_state, output_fin
     o = torch.stack(outputs, dim=2)  # (B, H, N, C, V)
     o = o.permute(0, 2, 3, 1, 4).reshape(B, N * C, H, V)[:, :T]
     return o.to(out_dtype), (S if output_final_state else None)
+
+
+def channel_decayed_scores(a: Tensor, b: Tensor, G: Tensor, sub_chunk: int) -> Tensor:
+    """scores_ij = sum_c a_ic b_jc exp(G_ic - G_jc) for j <= i, else 0; b, G: (..., C, K); a: (S, ..., C, K)
+    (S left operands sharing b and G, e.g. q and k) -> (S, ..., C, C).
+
+    Forming the (C, C, K) tensor of pairwise decays costs C*K per token. Instead the chunk is cut into
+    sub-chunks of c tokens: pairs within a sub-chunk use exact pairwise decays, (c, c, K) each; pairs across
+    sub-chunks go through one matrix product per sub-chunk I, with both sides decayed relative to the
+    cumulative gate R_I just before sub-chunk I: a_i exp(G_i - R_I) and b_j exp(R_I - G_j), both <= 1 because
+    G only decreases. No factor can overflow.
+    """
+    *lead, C, K = b.shape
+    c = sub_chunk if C % sub_chunk == 0 else C
+    n = C // c
+    start = torch.arange(n, device=a.device) * c  # first token of each sub-chunk
+    # R_I = G at token start_I - 1 (0 before the chunk): (..., n, 1, K)
+    G_padded = torch.cat([torch.zeros_like(G[..., :1, :]), G], dim=-2)
+    R = G_padded[..., start, :][..., None, :]
+    a_blocks = a.unflatten(-2, (n, c))  # (..., n, c, K)
+    G_blocks = G.unflatten(-2, (n, c))
+    a_rel = a_blocks * (G_blocks - R).exp()
+    # b_j exp(R_I - G_j) for tokens before sub-chunk I; later tokens are masked before the exp
+    before = torch.arange(C, device=a.device)[None, :] < start[:, None]  # (n, C)
+    exponent = (R - G[..., None, :, :]).masked_fill(~before[..., None], float("-inf"))  # (..., n, C, K)
+    b_rel = b[..., None, :, :] * exponent.exp()
+    across = a_rel @ b_rel.transpose(-1, -2)  # (..., n, c, C)
+
+    lower = torch.ones(c, c, dtype=torch.bool, device=a.device).tril()
+    diff = G_blocks[..., :, None, :] - G_blocks[..., None, :, :]  # (..., n, c, c, K)
+    decay = diff.masked_fill(~lower[..., None], float("-inf")).exp()
+    b_decayed = b.unflatten(-2, (n, c))[..., None, :, :] * decay  # (..., n, c, c, K)
+    within = (a_blocks[..., :, None, :] * b_decayed).sum(-1)  # (S, ..., n, c, c)
+    within = torch.einsum("...iab,ij->...iajb", within, torch.eye(n, dtype=a.dtype, device=a.device))
+    return (across.unflatten(-1, (n, c)) + within).reshape(a.shape[0], *lead, C, C)

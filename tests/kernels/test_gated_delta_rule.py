@@ -132,7 +132,9 @@ def test_varlen_batch_equals_sequences_one_by_one(gate, delta):
 def test_strong_channel_decay_does_not_overflow():
     inputs = make_inputs(1, 128, 1, 8, 8, "channel", True, dtype=torch.float32, seed=6)
     g = torch.full_like(inputs["g"], -30.0)  # exp(cumsum) would underflow to 0 and 1/exp to inf
-    o, s = chunk_gated_delta_rule_torch(**dict(inputs, g=g), gate="channel", output_final_state=True, chunk_size=64)
+    o, s = chunk_gated_delta_rule_torch(
+        **dict(inputs, g=g), gate="channel", output_final_state=True, chunk_size=64
+    )
     assert torch.isfinite(o).all() and torch.isfinite(s).all()
 
 

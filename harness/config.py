@@ -1,0 +1,122 @@
+"""Frozen config dataclasses: typed `--set a.b.c=value` overrides, JSON views and content hashes.
+
+An override path walks through dataclass fields and through dicts of dataclasses (the model's per-mixer
+configs): `train.lr=3e-4`, `task.num_pairs=8`, `model.kda.num_heads=4`. Unknown keys and values of the wrong
+type are rejected with a message naming the key, the expected type and the value given.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import types
+import typing
+from typing import Any
+
+from harness.registry import HarnessError
+
+
+def parse_assignment(text: str) -> tuple[tuple[str, ...], str]:
+    """'train.lr=3e-4' -> (('train', 'lr'), '3e-4')."""
+    key, sep, value = text.partition("=")
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise HarnessError(f"--set expects KEY=VALUE with a dotted key such as train.lr=3e-4, got '{text}'")
+    return tuple(key.strip().split(".")), value.strip()
+
+
+def apply_override(config: Any, path: tuple[str, ...], value: str, full_key: str | None = None) -> Any:
+    """A copy of `config` with the field at `path` set to `value` parsed to the field's type."""
+    full_key = full_key or ".".join(path)
+    head, rest = path[0], path[1:]
+    if isinstance(config, dict):
+        if head not in config or not rest:
+            raise _unknown(full_key, head, list(config))
+        return {**config, head: apply_override(config[head], rest, value, full_key)}
+    if not dataclasses.is_dataclass(config):
+        raise HarnessError(f"--set {full_key}: '{head}' goes below a plain value")
+    hints = typing.get_type_hints(type(config))
+    names = [f.name for f in dataclasses.fields(config)]
+    if head not in names:
+        raise _unknown(full_key, head, names)
+    if rest:
+        new_value = apply_override(getattr(config, head), rest, value, full_key)
+    else:
+        new_value = parse_value(value, hints[head], full_key)
+    try:
+        return dataclasses.replace(config, **{head: new_value})
+    except (ValueError, TypeError) as err:
+        raise HarnessError(f"--set {full_key}={value}: {err}") from None
+
+
+def _unknown(full_key: str, head: str, known: list[str]) -> HarnessError:
+    close = difflib.get_close_matches(head, known, n=3, cutoff=0.6)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known here: {', '.join(known)}"
+    return HarnessError(f"--set {full_key}: unknown setting '{head}'; {hint}")
+
+
+def parse_value(text: str, annotation: Any, key: str) -> Any:
+    """Parse command-line text into a value of the annotated type (int, float, bool, str, tuples, X | None)."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if text.lower() in ("none", "null") and type(None) in args:
+            return None
+        for option in (a for a in args if a is not type(None)):
+            try:
+                return parse_value(text, option, key)
+            except HarnessError:
+                continue
+        raise HarnessError(f"--set {key}: cannot read '{text}' as {_type_name(annotation)}")
+    if origin is tuple:
+        return _parse_tuple(text, args, key)
+    if annotation is bool:
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise HarnessError(f"--set {key}: expected true or false, got '{text}'")
+    if annotation in (int, float):
+        try:
+            return annotation(text)
+        except ValueError:
+            raise HarnessError(f"--set {key}: expected {annotation.__name__}, got '{text}'") from None
+    if annotation is str:
+        return text
+    raise HarnessError(
+        f"--set {key}: values of type {_type_name(annotation)} cannot be set from the command line"
+    )
+
+
+def _parse_tuple(text: str, args: tuple, key: str) -> tuple:
+    """'1,16' -> (1, 16); nested tuples separated by ';': '64,4;128,8' -> ((64, 4), (128, 8))."""
+    variadic = len(args) == 2 and args[1] is Ellipsis
+    inner = args[0] if variadic else None
+    separator = ";" if variadic and typing.get_origin(inner) is tuple else ","
+    parts = [p.strip() for p in text.strip("()[] ").split(separator) if p.strip()]
+    if variadic:
+        return tuple(parse_value(p, inner, key) for p in parts)
+    if len(parts) != len(args):
+        raise HarnessError(f"--set {key}: expected {len(args)} comma-separated values, got '{text}'")
+    return tuple(parse_value(p, a, key) for p, a in zip(parts, args, strict=True))
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+
+
+def to_dict(config: Any) -> Any:
+    """A JSON-ready view of a (nested) config dataclass."""
+    if dataclasses.is_dataclass(config):
+        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+    if isinstance(config, dict):
+        return {str(k): to_dict(v) for k, v in config.items()}
+    if isinstance(config, tuple | list):
+        return [to_dict(v) for v in config]
+    return config
+
+
+def config_hash(config: Any) -> str:
+    """Content hash of a config: equal configs, equal hashes, whatever the construction order."""
+    text = json.dumps(to_dict(config), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]

@@ -1,0 +1,196 @@
+"""Training and evaluation of one model on one task's slices: AdamW, warmup + cosine decay, gradient clipping,
+early stop on held-out validation accuracy, bf16 autocast on CUDA, a progress bar."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from tasks.base import IGNORE, Slice
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices (not on norms, biases, embeddings or gate parameters)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to lr."""
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at lr * min_lr_ratio at max_steps."""
+    max_steps: int = 2000
+    """Optimizer steps unless early stopping ends training first."""
+    batch_size: int = 64
+    """Sequences per step."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    eval_every: int = 200
+    """Steps between validation evaluations (and early-stop checks)."""
+    target_accuracy: float | None = 0.99
+    """Stop once mean validation accuracy over slices reaches this; None trains for max_steps."""
+    eval_batch_size: int = 256
+    """Sequences per evaluation batch."""
+    device: str = "auto"
+    """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    dtype: str = "bf16"
+    """Autocast dtype on CUDA: 'bf16', 'fp16' or 'fp32'. CPU always trains in fp32."""
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    tokens_seen: int = 0
+    diverged: bool = False
+    wall_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device '{name}' asked for, but CUDA is not available here")
+    return device
+
+
+def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype on this device, or None for plain fp32."""
+    if device.type != "cuda" or config.dtype == "fp32":
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[config.dtype]
+
+
+def train(
+    model: nn.Module,
+    train_slices: list[Slice],
+    valid_slices: list[Slice],
+    config: TrainConfig,
+    seed: int,
+    device: torch.device,
+    description: str = "",
+) -> TrainResult:
+    """Train in place; returns step count, tokens seen, divergence and the validation history."""
+    result = TrainResult()
+    start = time.perf_counter()
+    model.to(device).train()
+    optimizer = make_optimizer(model, config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    batches = batch_stream(train_slices, config.batch_size, seed)
+    amp = autocast_dtype(config, device)
+    bar = tqdm(total=config.max_steps, desc=description, unit="step", mininterval=1.0, dynamic_ncols=True)
+    for step in range(1, config.max_steps + 1):
+        inputs, labels = (t.to(device, non_blocking=True) for t in next(batches))
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(inputs)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        if not torch.isfinite(loss):
+            result.diverged = True
+            bar.set_postfix_str("diverged: non-finite loss")
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        result.steps = step
+        result.tokens_seen += inputs.numel()
+        bar.update(1)
+        if step % config.eval_every == 0 or step == config.max_steps:
+            metrics = evaluate(model, valid_slices, config, device)
+            accuracy = float(np.mean([m["accuracy"] for m in metrics.values()]))
+            result.history.append(
+                dict(step=step, tokens=result.tokens_seen, train_loss=loss.item(), valid_accuracy=accuracy)
+            )
+            bar.set_postfix(loss=f"{loss.item():.3f}", valid_acc=f"{accuracy:.3f}")
+            model.train()
+            if config.target_accuracy is not None and accuracy >= config.target_accuracy:
+                break
+    bar.close()
+    result.wall_s = time.perf_counter() - start
+    return result
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, slices: list[Slice], config: TrainConfig, device: torch.device
+) -> dict[str, dict]:
+    """Per slice: token accuracy over labelled positions, whole-sequence accuracy and mean loss, with counts."""
+    model.eval()
+    amp = autocast_dtype(config, device)
+    results = {}
+    for piece in slices:
+        correct = total = sequences_right = loss_sum = 0.0
+        for i in range(0, len(piece), config.eval_batch_size):
+            inputs = torch.from_numpy(piece.inputs[i : i + config.eval_batch_size]).to(device)
+            labels = torch.from_numpy(piece.labels[i : i + config.eval_batch_size]).to(device)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                logits = model(inputs)
+            scored = labels != IGNORE
+            hits = (logits.argmax(-1) == labels) & scored
+            correct += hits.sum().item()
+            total += scored.sum().item()
+            sequences_right += (hits.sum(1) == scored.sum(1)).sum().item()
+            loss_sum += F.cross_entropy(
+                logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE, reduction="sum"
+            ).item()
+        results[piece.name] = dict(
+            accuracy=correct / max(total, 1),
+            sequence_accuracy=sequences_right / len(piece),
+            loss=loss_sum / max(total, 1),
+            n_tokens=int(total),
+            n_sequences=len(piece),
+        )
+    return results
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for param in model.parameters():
+        # Matrices decay; vectors (norm weights, biases), embeddings and flagged gate parameters do not.
+        flagged = getattr(param, "_no_weight_decay", False)
+        (decay if param.dim() >= 2 and not flagged else no_decay).append(param)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    no_decay += [p for p in decay if id(p) in embeddings]
+    decay = [p for p in decay if id(p) not in embeddings]
+    groups = [dict(params=decay, weight_decay=config.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_stream(slices: list[Slice], batch_size: int, seed: int):
+    """Endless shuffled batches; each batch comes from one slice, so no padding is needed for mixed lengths."""
+    rng = np.random.default_rng(seed)
+    data = [(torch.from_numpy(s.inputs), torch.from_numpy(s.labels)) for s in slices]
+    while True:
+        epoch = []
+        for index, (inputs, _) in enumerate(data):
+            order = rng.permutation(len(inputs))
+            epoch += [
+                (index, order[i : i + batch_size]) for i in range(0, len(order) - batch_size + 1, batch_size)
+            ]
+        if not epoch:
+            raise ValueError(f"no slice holds a full batch of {batch_size} training examples")
+        for position in rng.permutation(len(epoch)):
+            index, rows = epoch[position]
+            inputs, labels = data[index]
+            yield inputs[rows], labels[rows]

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv with a CPU PyTorch and the harness (editable, with the dev tools). Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine; on a GPU machine
+# install the CUDA build of your choice before running this.
+python -m pip install -q "torch==2.13.0" || python -m pip install -q torch
+python -m pip install -q -e ".[dev]"

@@ -1,0 +1,57 @@
+"""What every task provides: a config dataclass, a deterministic generator of token ids and labels, and slices.
+
+A task's data is a list of `Slice`s, one per task setting (e.g. sequence length 64 with 4 key-value pairs).
+Labels are -100 wherever the model is not scored, as in PyTorch's cross-entropy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+
+IGNORE = -100
+
+
+@dataclass(frozen=True)
+class Slice:
+    name: str
+    """Setting these examples share, as 'key=value,...' (e.g. 'seq_len=64,pairs=4'); one row per slice in results."""
+    inputs: np.ndarray  # (n, L) int64 token ids
+    labels: np.ndarray  # (n, L) int64 target ids, IGNORE where not scored
+
+    def __post_init__(self):
+        if self.inputs.shape != self.labels.shape or self.inputs.ndim != 2:
+            raise ValueError(
+                f"slice {self.name}: inputs {self.inputs.shape} and labels {self.labels.shape} differ"
+            )
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+
+class Task:
+    """Base class of a registered task. Subclasses set `Config`, `version` and implement `generate`."""
+
+    Config: ClassVar[type]
+    version: ClassVar[str]
+    """Bumped whenever the generated data or the metric changes; recorded with every result."""
+    metrics: ClassVar[tuple[str, ...]] = ("accuracy", "sequence_accuracy", "loss")
+
+    def validate(self, config: Any) -> None:
+        """Raise harness.registry.HarnessError if the settings are impossible."""
+
+    def vocab_size(self, config: Any) -> int:
+        raise NotImplementedError
+
+    def generate(self, config: Any, split: str, seed: int) -> list[Slice]:
+        """The examples of one split ('train', 'valid' or 'test'), the same for the same (config, split, seed)."""
+        raise NotImplementedError
+
+
+def split_seed(seed: int, split: str) -> int:
+    """Independent random streams for train, valid and test from one seed."""
+    return int(
+        np.random.SeedSequence([seed, {"train": 0, "valid": 1, "test": 2}[split]]).generate_state(1)[0]
+    )

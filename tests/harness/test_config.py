@@ -1,0 +1,77 @@
+from dataclasses import dataclass, field
+
+import pytest
+
+from harness.config import apply_override, config_hash, parse_assignment, to_dict
+from harness.registry import HarnessError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inner:
+    heads: int = 2
+    gate: str = "swish"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outer:
+    lr: float = 1e-3
+    steps: int = 10
+    flag: bool = False
+    rank: int | None = None
+    span: tuple[float, float] = (1.0, 16.0)
+    settings: tuple[tuple[int, int], ...] = ((64, 4),)
+    names: tuple[str, ...] = ("kda",)
+    mixers: dict = field(default_factory=lambda: {"kda": Inner()})
+
+
+@pytest.mark.parametrize(
+    "text,field_name,expected",
+    [
+        ("lr=3e-4", "lr", 3e-4),
+        ("steps=7", "steps", 7),
+        ("flag=true", "flag", True),
+        ("rank=none", "rank", None),
+        ("rank=16", "rank", 16),
+        ("span=0.5,2", "span", (0.5, 2.0)),
+        ("settings=64,4;128,8", "settings", ((64, 4), (128, 8))),
+        ("names=kda,kda,mla", "names", ("kda", "kda", "mla")),
+    ],
+)
+def test_typed_overrides(text, field_name, expected):
+    path, value = parse_assignment(text)
+    assert getattr(apply_override(Outer(), path, value), field_name) == expected
+
+
+def test_override_reaches_into_dicts_of_dataclasses():
+    updated = apply_override(Outer(), ("mixers", "kda", "heads"), "4")
+    assert updated.mixers["kda"].heads == 4
+    assert Outer().mixers["kda"].heads == 2  # the original is untouched
+
+
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("lr=abc", "expected float, got 'abc'"),
+        ("steps=1.5", "expected int"),
+        ("flag=maybe", "expected true or false"),
+        ("lrr=1", "unknown setting 'lrr'; did you mean lr"),
+        ("mixers.gdn.heads=1", "unknown setting 'gdn'"),
+        ("span=1,2,3", "expected 2 comma-separated values"),
+    ],
+)
+def test_bad_overrides_name_the_problem(text, message):
+    path, value = parse_assignment(text)
+    with pytest.raises(HarnessError, match=message):
+        apply_override(Outer(), path, value)
+
+
+@pytest.mark.parametrize("text", ["lr", "=3", "train..lr=1"])
+def test_malformed_assignment(text):
+    with pytest.raises(HarnessError, match="KEY=VALUE"):
+        parse_assignment(text)
+
+
+def test_hash_depends_on_content_only():
+    assert config_hash(Outer()) == config_hash(Outer())
+    assert config_hash(Outer()) != config_hash(Outer(lr=2e-3))
+    assert to_dict(Outer())["mixers"] == {"kda": {"heads": 2, "gate": "swish"}}

@@ -1,0 +1,102 @@
+"""MQAR data checked by an independent solver: read the pairs, answer the queries, compare with the labels."""
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from harness.registry import TASKS, HarnessError
+from tasks.base import IGNORE
+from tasks.mqar import MQARConfig, distinct_integers
+
+MQAR = TASKS.get("mqar")
+
+
+def digest(slices) -> str:
+    h = hashlib.sha256()
+    for piece in slices:
+        h.update(piece.name.encode())
+        h.update(piece.inputs.tobytes())
+        h.update(piece.labels.tobytes())
+    return h.hexdigest()
+
+
+def solve(inputs: np.ndarray, pairs: int) -> dict[int, int]:
+    """Answers by position: the value written right after the queried key in the context."""
+    context = dict(zip(inputs[0 : 2 * pairs : 2].tolist(), inputs[1 : 2 * pairs : 2].tolist(), strict=True))
+    answers = {}
+    for position in range(2 * pairs, len(inputs)):
+        token = int(inputs[position])
+        if token in context and position % 2 == 0:
+            answers.setdefault(position, context[token])
+    return answers
+
+
+@pytest.mark.parametrize("random_non_queries", [False, True])
+def test_labels_are_the_values_of_the_queried_keys(random_non_queries):
+    config = MQARConfig(
+        vocab_size=64, test_settings=((32, 4), (64, 16)), num_test=200, random_non_queries=random_non_queries
+    )
+    for piece, (seq_len, pairs) in zip(
+        MQAR().generate(config, "test", seed=3), config.test_settings, strict=True
+    ):
+        assert piece.name == f"seq_len={seq_len},pairs={pairs}"
+        assert piece.inputs.shape == (200, seq_len)
+        for inputs, labels in zip(piece.inputs, piece.labels, strict=True):
+            keys, values = inputs[0 : 2 * pairs : 2], inputs[1 : 2 * pairs : 2]
+            assert len(set(keys.tolist())) == pairs and len(set(values.tolist())) == pairs
+            assert keys.min() >= 1 and keys.max() < 32 and values.min() >= 32 and values.max() < 64
+            scored = np.flatnonzero(labels != IGNORE)
+            assert len(scored) == pairs  # every key queried exactly once
+            queried = inputs[scored]
+            assert sorted(queried.tolist()) == sorted(keys.tolist())
+            truth = solve(inputs, pairs)
+            for position in scored:
+                assert labels[position] == truth[position]
+            if not random_non_queries:
+                region = np.ones(seq_len, dtype=bool)
+                region[: 2 * pairs] = False
+                region[scored] = False
+                assert (inputs[region] == 0).all()
+
+
+def test_same_seed_same_data_and_splits_differ():
+    config = MQARConfig(vocab_size=512, train_settings=((64, 4), (128, 8)), num_train=1000, num_test=100)
+    task = MQAR()
+    assert digest(task.generate(config, "train", 0)) == digest(task.generate(config, "train", 0))
+    assert digest(task.generate(config, "train", 0)) != digest(task.generate(config, "train", 1))
+    assert digest(task.generate(config, "test", 0)) != digest(task.generate(config, "valid", 0))
+    train = task.generate(config, "train", 0)
+    assert [len(s) for s in train] == [500, 500]
+
+
+def test_gap_distribution_follows_power_a():
+    """a = 0.01 puts most queries right after the context; a = 1 spreads them uniformly."""
+
+    def mean_query_offset(power_a):
+        config = MQARConfig(
+            vocab_size=512, test_settings=((256, 8),), num_test=400, power_a=power_a, random_non_queries=False
+        )
+        (piece,) = MQAR().generate(config, "test", 0)
+        return np.mean([np.flatnonzero(row != IGNORE).mean() - 16 for row in piece.labels])
+
+    skewed, uniform = mean_query_offset(0.01), mean_query_offset(1.0)
+    # uniform over 120 slots of 2 tokens: mean offset near 119
+    assert 110 < uniform < 130
+    assert skewed < 0.6 * uniform
+
+
+@pytest.mark.parametrize(
+    "settings,vocab,message",
+    [(((16, 8),), 8192, "need seq_len >= 32"), (((64, 10),), 16, "distinct keys need vocab_size")],
+)
+def test_impossible_settings_are_rejected(settings, vocab, message):
+    with pytest.raises(HarnessError, match=message):
+        MQAR().validate(MQARConfig(vocab_size=vocab, train_settings=settings, test_settings=settings))
+
+
+@pytest.mark.parametrize("n,k,low,high", [(1000, 8, 1, 20), (20000, 64, 4096, 8192)])
+def test_distinct_integers(n, k, low, high):
+    out = distinct_integers(np.random.default_rng(0), n, k, low, high)
+    assert out.shape == (n, k) and out.min() >= low and out.max() < high
+    assert all(len(set(row)) == k for row in out.tolist())
