@@ -81,6 +81,9 @@ def run(
     rows = store.read()
     rows = rows[rows["run_id"].isin({cell.id for cell in cells})]
     table = summarize(rows)
+    if not table.empty:
+        order = list(dict.fromkeys(cell.model_name for cell in cells))
+        table = table.sort_values("model", key=lambda names: names.map(order.index), kind="stable")
     typer.echo(markdown(table))
     if failed := failures_markdown(rows):
         typer.echo("\nCells that did not finish normally:\n" + failed)

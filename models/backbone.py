@@ -29,6 +29,11 @@ class Mixer(nn.Module):
 
     Config: ClassVar[type]
 
+    def init_weights(self, std: float) -> None:
+        """Initialise plain weights (special parameters such as A_log were set in __init__). Default: normal(0, std)
+        linear weights and zero biases, as the backbone; a mixer whose paper initialises otherwise overrides this."""
+        normal_init_linears(self, std)
+
     def state_size(self, seq_len: int) -> int:
         """Numbers this mixer holds per sequence at inference after `seq_len` tokens (recurrent state or cache)."""
         raise NotImplementedError
@@ -36,6 +41,14 @@ class Mixer(nn.Module):
     def kernel_name(self, device: torch.device | str) -> str:
         """The compute path this mixer's forward takes on `device`, recorded in results (e.g. 'gdr:torch')."""
         raise NotImplementedError
+
+
+def normal_init_linears(module: nn.Module, std: float) -> None:
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear):
+            nn.init.normal_(layer.weight, std=std)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,18 +120,18 @@ class LanguageModel(nn.Module):
         self.blocks = nn.ModuleList(Block(config, i) for i in range(len(config.layers)))
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=False)
-        self.apply(self._init_weights)
+        self._init_weights()
         if config.tie_embeddings:
             self.lm_head.weight = self.embed.weight
 
-    def _init_weights(self, module: nn.Module) -> None:
-        # Mixers initialise their own special parameters (A_log, dt_bias, D); plain weights are set here.
-        if isinstance(module, nn.Linear):
-            nn.init.normal_(module.weight, std=self.config.init_std)
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-        elif isinstance(module, nn.Embedding):
-            nn.init.normal_(module.weight, std=self.config.init_std)
+    def _init_weights(self) -> None:
+        std = self.config.init_std
+        nn.init.normal_(self.embed.weight, std=std)
+        nn.init.normal_(self.lm_head.weight, std=std)
+        for block in self.blocks:
+            block.mixer.init_weights(std)
+            if block.mlp is not None:
+                normal_init_linears(block.mlp, std)
 
     def forward(self, input_ids: Tensor) -> Tensor:  # (B, T) -> (B, T, vocab)
         x = self.embed(input_ids)

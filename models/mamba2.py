@@ -101,6 +101,12 @@ class Mamba2(Mixer):
         self.norm = GatedRMSNorm(d_inner, d_inner // config.n_groups, config.norm_before_gate)
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
+    def init_weights(self, std: float) -> None:
+        # As mamba_ssm: its in_proj and out_proj keep PyTorch's default (uniform, fan-in scaled) init rather than
+        # the normal(0, 0.02) the attention-style mixers use.
+        self.in_proj.reset_parameters()
+        self.out_proj.reset_parameters()
+
     def forward(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         H, P, N, G = self.num_heads, self.config.head_dim, self.config.d_state, self.config.n_groups

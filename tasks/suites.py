@@ -42,12 +42,15 @@ class Suite:
         return self.scales[scale]
 
 
-# Smoke: the smallest MQAR that every architecture solves on two CPU cores in about a minute each. Vocabulary
-# 256 instead of 8192 keeps the embedding and LM head small; the task definition is Zoology's.
+# Smoke: an MQAR that every architecture learns on two CPU cores in a few minutes. Zoology's smallest grid point
+# (V 8192, L 64, 4 pairs) is out of reach there: measured at tiny size with 800 steps, vocabulary 64 and 4 or 8
+# pairs, kda, gdn and mla reach 0.95-0.99 but mamba2 stays near 0.2 (it learns which values occur, not which key
+# they belong to). With 7 keys, 8 values and 2 or 4 pairs it reaches 0.97 in about 1300 steps. The task
+# definition is Zoology's; only its sizes are small.
 _SMOKE_MQAR = MQARConfig(
-    vocab_size=256,
-    train_settings=((64, 4), (64, 8)),
-    test_settings=((64, 4), (64, 8)),
+    vocab_size=16,
+    train_settings=((64, 2), (64, 4)),
+    test_settings=((64, 2), (64, 4)),
     num_train=20000,
     num_test=256,
 )
@@ -60,7 +63,7 @@ SUITES.add(
             "tiny": SuiteScale(
                 model_size="tiny",
                 tasks=(("mqar", _SMOKE_MQAR),),
-                train=dict(max_steps=1500, batch_size=64, eval_every=100, target_accuracy=0.99),
+                train=dict(max_steps=1500, batch_size=32, eval_every=100, target_accuracy=0.97),
                 lrs=(3e-3,),
             ),
             "small": SuiteScale(

@@ -161,6 +161,6 @@ def channel_decayed_scores(a: Tensor, b: Tensor, G: Tensor, sub_chunk: int) -> T
     diff = G_blocks[..., :, None, :] - G_blocks[..., None, :, :]  # (..., n, c, c, K)
     decay = diff.masked_fill(~lower[..., None], float("-inf")).exp()
     b_decayed = b.unflatten(-2, (n, c))[..., None, :, :] * decay  # (..., n, c, c, K)
-    within = (a_blocks[..., :, None, :] * b_decayed).sum(-1)  # (S, ..., n, c, c)
+    within = (b_decayed @ a_blocks[..., :, :, None]).squeeze(-1)  # (S, ..., n, c, c)
     within = torch.einsum("...iab,ij->...iajb", within, torch.eye(n, dtype=a.dtype, device=a.device))
     return (across.unflatten(-1, (n, c)) + within).reshape(a.shape[0], *lead, C, C)

@@ -37,7 +37,7 @@ def test_run_writes_tidy_rows_and_prints_the_table(finished_run):
     rows = pd.concat(pd.read_json(path, lines=True) for path in cells)
     assert set(rows["status"]) == {"ok"}
     assert set(rows["metric"]) == {"accuracy", "sequence_accuracy", "loss"}
-    assert set(rows["slice"]) == {"seq_len=64,pairs=4", "seq_len=64,pairs=8"}
+    assert set(rows["slice"]) == {"seq_len=64,pairs=2", "seq_len=64,pairs=4"}
     kernels = dict(zip(rows["model"], rows["kernel_impl"], strict=False))
     assert kernels == {"kda": "gdr:torch", "mla": "sdpa", "kimi": "gdr:torch+sdpa"}
     assert (rows["steps"] <= 12).all() and (rows["params"] > 0).all() and rows["git_commit"].notna().all()
@@ -97,3 +97,22 @@ def test_corrupt_store_is_reported_in_one_line(finished_run, tmp_path):
     result = harness("report", "--out", str(broken), cwd=tmp_path)
     assert result.returncode == 2 and "corrupt result file" in result.stderr
     assert result.stderr.count("\n") == 1
+
+
+def test_list_shows_every_registered_name(tmp_path):
+    result = harness("list", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in (
+        "kda",
+        "gdn",
+        "mamba2",
+        "mla",
+        "mla-nope",
+        "kimi",
+        "gdn-h",
+        "tiny",
+        "kimi-synth",
+        "mqar",
+        "smoke",
+    ):
+        assert f"  {name} " in result.stdout, name
