@@ -42,9 +42,10 @@ def run_with_grads(fn, inputs, gate, delta, **kwargs):
     o, s = fn(**inputs, gate=gate, delta=delta, output_final_state=True, **kwargs)
     gen = torch.Generator().manual_seed(123)
     # random cotangents so that every gradient path is exercised
-    loss = (o * torch.randn(o.shape, generator=gen, dtype=o.dtype)).sum() + (
-        s * torch.randn(s.shape, generator=gen, dtype=s.dtype)
-    ).sum()
+    # (drawn in float64 on the CPU, so that every device and dtype gets the same cotangents)
+    d_o = torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device, o.dtype)
+    d_s = torch.randn(s.shape, generator=gen, dtype=torch.float64).to(s.device, s.dtype)
+    loss = (o * d_o).sum() + (s * d_s).sum()
     names = [n for n, x in inputs.items() if x is not None]
     grads = torch.autograd.grad(loss, [inputs[n] for n in names])
     return o, s, dict(zip(names, grads, strict=True))
