@@ -34,6 +34,9 @@ class Mixer(nn.Module):
         linear weights and zero biases, as the backbone; a mixer whose paper initialises otherwise overrides this."""
         normal_init_linears(self, std)
 
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
     def state_size(self, seq_len: int) -> int:
         """Numbers this mixer holds per sequence at inference after `seq_len` tokens (recurrent state or cache)."""
         raise NotImplementedError

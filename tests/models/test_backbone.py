@@ -166,3 +166,10 @@ def test_model_config_checks_its_layers():
 def test_pure_mla_baseline_has_rope_and_mla_nope_has_none():
     assert build("mla").config.mixers["mla"].qk_rope_head_dim == 32 // 2  # half the tiny head
     assert build("mla-nope").config.mixers["mla"].qk_rope_head_dim == 0
+
+
+def test_model_parameters_add_up_over_mixers_mlps_norms_and_embeddings():
+    model = build("kimi")
+    mixers = sum(block.mixer.num_params() for block in model.blocks)
+    rest = sum(p.numel() for name, p in model.named_parameters() if ".mixer." not in name)
+    assert mixers > 0 and model.num_params() == mixers + rest
