@@ -113,6 +113,8 @@ def report(
     if rows.empty:
         raise HarnessError(f"no results in {out}/ match suite={suite} metric={metric}")
     table = summarize(rows)
+    if not table.empty:
+        table = table.sort_values(["suite", "scale", "task", "model"], kind="stable")
     typer.echo(markdown(table))
     if failed := failures_markdown(rows):
         typer.echo("\nCells that did not finish normally:\n" + failed)
