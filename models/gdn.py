@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.registry import MIXERS
-from kernels.gated_delta_rule import gated_delta_rule, resolve_impl
 
-from .backbone import Mixer
-from .layers import DeltaRuleInputs, RMSNorm, init_gate_parameters
+from .delta_rule import DeltaRuleInputs, DeltaRuleMixer
+from .layers import RMSNorm, init_gate_parameters
 
 OUTPUT_GATES = {"swish": F.silu, "sigmoid": torch.sigmoid}
 
@@ -52,8 +51,9 @@ class GDNConfig:
 
 
 @MIXERS.register("gdn")
-class GDN(Mixer):
+class GDN(DeltaRuleMixer):
     Config = GDNConfig
+    gate = "scalar"
 
     def __init__(self, d_model: int, config: GDNConfig, kernel_impl: str = "auto"):
         super().__init__()
@@ -67,28 +67,10 @@ class GDN(Mixer):
         self.o_proj = nn.Linear(H * K, d_model, bias=False)
         self.gate_fn = OUTPUT_GATES[config.output_gate]
 
-    def forward(self, x: Tensor) -> Tensor:
-        B, T, _ = x.shape
-        H, K = self.config.num_heads, self.config.head_dim
-        q, k, v, beta = self.inputs(x)
-        g = -self.A_log.float().exp() * F.softplus(self.a_proj(x).float() + self.dt_bias.float())  # (B, T, H)
-        o, _ = gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            gate="scalar",
-            delta=True,
-            impl=self.kernel_impl,
-            chunk_size=self.config.chunk_size,
-        )
-        o = self.o_norm(o) * self.gate_fn(self.g_proj(x).view(B, T, H, K))
-        return self.o_proj(o.reshape(B, T, H * K))
+    def forget_gate(self, x: Tensor) -> Tensor:
+        return -self.A_log.float().exp() * F.softplus(
+            self.a_proj(x).float() + self.dt_bias.float()
+        )  # (B, T, H)
 
-    def state_size(self, seq_len: int) -> int:
-        H, K = self.config.num_heads, self.config.head_dim
-        return H * K * K + self.inputs.conv_state_size()
-
-    def kernel_name(self, device: torch.device | str) -> str:
-        return f"gdr:{resolve_impl(self.kernel_impl, device)}"
+    def output_gate(self, x: Tensor) -> Tensor:
+        return self.gate_fn(self.g_proj(x))

@@ -15,10 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.registry import MIXERS
-from kernels.gated_delta_rule import gated_delta_rule, resolve_impl
 
-from .backbone import Mixer
-from .layers import DeltaRuleInputs, RMSNorm, init_gate_parameters
+from .delta_rule import DeltaRuleInputs, DeltaRuleMixer
+from .layers import RMSNorm, init_gate_parameters
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,8 +45,9 @@ class KDAConfig:
 
 
 @MIXERS.register("kda")
-class KDA(Mixer):
+class KDA(DeltaRuleMixer):
     Config = KDAConfig
+    gate = "channel"
 
     def __init__(self, d_model: int, config: KDAConfig, kernel_impl: str = "auto"):
         super().__init__()
@@ -61,31 +61,11 @@ class KDA(Mixer):
         self.o_norm = RMSNorm(K)
         self.o_proj = nn.Linear(H * K, d_model, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forget_gate(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
         H, K = self.config.num_heads, self.config.head_dim
-        q, k, v, beta = self.inputs(x)
-        f = self.f_proj(x).float().view(B, T, H, K)
-        g = -self.A_log.float().exp()[:, None] * F.softplus(
-            f + self.dt_bias.float().view(H, K)
-        )  # (B, T, H, K)
-        o, _ = gated_delta_rule(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            gate="channel",
-            delta=True,
-            impl=self.kernel_impl,
-            chunk_size=self.config.chunk_size,
-        )
-        o = self.o_norm(o) * torch.sigmoid(self.g_proj(x).view(B, T, H, K))
-        return self.o_proj(o.reshape(B, T, H * K))
+        f = self.f_proj(x).float().view(B, T, H, K) + self.dt_bias.float().view(H, K)
+        return -self.A_log.float().exp()[:, None] * F.softplus(f)  # (B, T, H, K)
 
-    def state_size(self, seq_len: int) -> int:
-        H, K = self.config.num_heads, self.config.head_dim
-        return H * K * K + self.inputs.conv_state_size()
-
-    def kernel_name(self, device: torch.device | str) -> str:
-        return f"gdr:{resolve_impl(self.kernel_impl, device)}"
+    def output_gate(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(self.g_proj(x))

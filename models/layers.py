@@ -1,5 +1,5 @@
 """Building blocks shared by several mixers and the backbone: RMSNorm, the causal short convolution and the
-q/k/v/beta input path of the delta-rule mixers (KDA and GDN)."""
+initialisation of the Mamba-style forget gate."""
 
 from __future__ import annotations
 
@@ -42,43 +42,6 @@ class ShortConvolution(nn.Module):
 
     def state_size(self) -> int:
         return (self.kernel_size - 1) * self.channels
-
-
-class DeltaRuleInputs(nn.Module):
-    """The input path shared by KDA and Gated DeltaNet (Kimi Linear report, Eq. 10):
-
-        q, k = L2Norm(SiLU(ShortConv(W_{q,k} x)));  v = SiLU(ShortConv(W_v x));  beta = sigmoid(W_beta x)
-
-    With `negative_eigenvalues`, beta is scaled to (0, 2): the transition I - beta k k^T can then have a
-    negative eigenvalue, which is what lets a linear RNN track parity (Grazzi et al. 2025).
-    """
-
-    def __init__(
-        self, d_model: int, num_heads: int, head_dim: int, conv_size: int, negative_eigenvalues: bool
-    ):
-        super().__init__()
-        self.num_heads, self.head_dim = num_heads, head_dim
-        self.beta_scale = 2.0 if negative_eigenvalues else 1.0
-        width = num_heads * head_dim
-        self.q_proj = nn.Linear(d_model, width, bias=False)
-        self.k_proj = nn.Linear(d_model, width, bias=False)
-        self.v_proj = nn.Linear(d_model, width, bias=False)
-        self.b_proj = nn.Linear(d_model, num_heads, bias=False)
-        self.q_conv = ShortConvolution(width, conv_size)
-        self.k_conv = ShortConvolution(width, conv_size)
-        self.v_conv = ShortConvolution(width, conv_size)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        B, T, _ = x.shape
-        H, K = self.num_heads, self.head_dim
-        q = F.normalize(self.q_conv(self.q_proj(x)).view(B, T, H, K), dim=-1, eps=1e-6)  # (B, T, H, K)
-        k = F.normalize(self.k_conv(self.k_proj(x)).view(B, T, H, K), dim=-1, eps=1e-6)  # (B, T, H, K)
-        v = self.v_conv(self.v_proj(x)).view(B, T, H, K)  # (B, T, H, V)
-        beta = self.beta_scale * torch.sigmoid(self.b_proj(x).float())  # (B, T, H)
-        return q, k, v, beta
-
-    def conv_state_size(self) -> int:
-        return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size()
 
 
 def init_gate_parameters(

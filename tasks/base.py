@@ -37,7 +37,6 @@ class Task:
     Config: ClassVar[type]
     version: ClassVar[str]
     """Bumped whenever the generated data or the metric changes; recorded with every result."""
-    metrics: ClassVar[tuple[str, ...]] = ("accuracy", "sequence_accuracy", "loss")
 
     def validate(self, config: Any) -> None:
         """Raise harness.registry.HarnessError if the settings are impossible."""

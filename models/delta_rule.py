@@ -1,0 +1,98 @@
+"""What KDA and Gated DeltaNet share: the q/k/v/beta input path and the delta-rule forward.
+
+The two differ only in their forget gate (per channel vs. per head) and output gate (low-rank sigmoid vs.
+full-rank swish or sigmoid); each says so in its own file by implementing `forget_gate` and `output_gate`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from kernels.gated_delta_rule import gated_delta_rule, resolve_impl
+
+from .backbone import Mixer
+from .layers import ShortConvolution
+
+
+class DeltaRuleInputs(nn.Module):
+    """The input path shared by KDA and Gated DeltaNet (Kimi Linear report, Eq. 10):
+
+        q, k = L2Norm(SiLU(ShortConv(W_{q,k} x)));  v = SiLU(ShortConv(W_v x));  beta = sigmoid(W_beta x)
+
+    With `negative_eigenvalues`, beta is scaled to (0, 2): the transition I - beta k k^T can then have a
+    negative eigenvalue, which is what lets a linear RNN track parity (Grazzi et al. 2025).
+    """
+
+    def __init__(
+        self, d_model: int, num_heads: int, head_dim: int, conv_size: int, negative_eigenvalues: bool
+    ):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, head_dim
+        self.beta_scale = 2.0 if negative_eigenvalues else 1.0
+        width = num_heads * head_dim
+        self.q_proj = nn.Linear(d_model, width, bias=False)
+        self.k_proj = nn.Linear(d_model, width, bias=False)
+        self.v_proj = nn.Linear(d_model, width, bias=False)
+        self.b_proj = nn.Linear(d_model, num_heads, bias=False)
+        self.q_conv = ShortConvolution(width, conv_size)
+        self.k_conv = ShortConvolution(width, conv_size)
+        self.v_conv = ShortConvolution(width, conv_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        B, T, _ = x.shape
+        H, K = self.num_heads, self.head_dim
+        q = F.normalize(self.q_conv(self.q_proj(x)).view(B, T, H, K), dim=-1, eps=1e-6)  # (B, T, H, K)
+        k = F.normalize(self.k_conv(self.k_proj(x)).view(B, T, H, K), dim=-1, eps=1e-6)  # (B, T, H, K)
+        v = self.v_conv(self.v_proj(x)).view(B, T, H, K)  # (B, T, H, V)
+        beta = self.beta_scale * torch.sigmoid(self.b_proj(x).float())  # (B, T, H)
+        return q, k, v, beta
+
+    def conv_state_size(self) -> int:
+        return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size()
+
+
+class DeltaRuleMixer(Mixer):
+    """y = W_o( output_gate(x) * RMSNorm_per_head(o) ), o from the gated delta rule over the shared inputs.
+
+    Subclasses set `gate` ("channel" or "scalar") and build, in __init__: `inputs` (DeltaRuleInputs), `o_norm`
+    (RMSNorm of head_dim), `o_proj`, and whatever their two gates need.
+    """
+
+    gate: ClassVar[str]
+
+    def forget_gate(self, x: Tensor) -> Tensor:
+        """Log forget gate g <= 0: (B, T, H) for a scalar gate, (B, T, H, K) per channel; float32."""
+        raise NotImplementedError
+
+    def output_gate(self, x: Tensor) -> Tensor:
+        """Multiplier of the normalised output: (B, T, H * K)."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        B, T, _ = x.shape
+        H, K = self.config.num_heads, self.config.head_dim
+        q, k, v, beta = self.inputs(x)
+        o, _ = gated_delta_rule(
+            q,
+            k,
+            v,
+            self.forget_gate(x),
+            beta,
+            gate=self.gate,
+            delta=True,
+            impl=self.kernel_impl,
+            chunk_size=self.config.chunk_size,
+        )
+        o = self.o_norm(o) * self.output_gate(x).view(B, T, H, K)
+        return self.o_proj(o.reshape(B, T, H * K))
+
+    def state_size(self, seq_len: int) -> int:
+        H, K = self.config.num_heads, self.config.head_dim
+        return H * K * K + self.inputs.conv_state_size()
+
+    def kernel_name(self, device: torch.device | str) -> str:
+        return f"gdr:{resolve_impl(self.kernel_impl, device)}"
