@@ -48,6 +48,20 @@ class Task:
         """The examples of one split ('train', 'valid' or 'test'), the same for the same (config, split, seed)."""
         raise NotImplementedError
 
+    def vocabulary(self, config: Any) -> list[str]:
+        """One word per token id (no spaces inside a word): how the task reads as text, e.g. for lm-eval."""
+        raise NotImplementedError
+
+    def render(self, config: Any, ids: np.ndarray) -> str:
+        """Token ids as text over `vocabulary`, words separated by single spaces."""
+        words = self.vocabulary(config)
+        return " ".join(words[i] for i in ids.tolist())
+
+    def chance_accuracy(self, config: Any, slice_name: str) -> float | None:
+        """Token accuracy of guessing, for chance-corrected accuracy (acc - chance) / (1 - chance); None: not
+        reported. State-tracking tasks define it."""
+        return None
+
 
 def split_seed(seed: int, split: str) -> int:
     """Independent random streams for train, valid and test from one seed."""

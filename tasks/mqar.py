@@ -67,6 +67,10 @@ class MQAR(Task):
     def vocab_size(self, config: MQARConfig) -> int:
         return config.vocab_size
 
+    def vocabulary(self, config: MQARConfig) -> list[str]:
+        half = config.vocab_size // 2
+        return ["_"] + [f"k{i}" for i in range(1, half)] + [f"v{i}" for i in range(half, config.vocab_size)]
+
     def generate(self, config: MQARConfig, split: str, seed: int) -> list[Slice]:
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))

@@ -100,3 +100,19 @@ def test_distinct_integers(n, k, low, high):
     out = distinct_integers(np.random.default_rng(0), n, k, low, high)
     assert out.shape == (n, k) and out.min() >= low and out.max() < high
     assert all(len(set(row)) == k for row in out.tolist())
+
+
+def test_text_rendering_uses_one_word_per_token():
+    config = MQARConfig(
+        vocab_size=16,
+        train_settings=((16, 2),),
+        test_settings=((16, 2),),
+        num_test=1,
+        random_non_queries=False,
+    )
+    task = MQAR()
+    words = task.vocabulary(config)
+    assert len(words) == 16 and len(set(words)) == 16 and words[0] == "_"
+    (piece,) = task.generate(config, "test", 0)
+    text = task.render(config, piece.inputs[0])
+    assert len(text.split(" ")) == 16 and text.startswith("k")
