@@ -13,13 +13,15 @@ from typing import Any
 import torch
 
 from harness.config import config_hash
+from harness.data import task_data
 from harness.provenance import device_name, git_state, library_versions
 from harness.registry import TASKS
 from harness.train import TrainConfig, TrainResult, autocast_dtype, evaluate, resolve_device, train
 from models.backbone import LanguageModel, ModelConfig
 from tasks.base import Slice
 
-HIGHER_IS_BETTER = {"accuracy": True, "sequence_accuracy": True, "loss": False}
+# Metrics reported per slice; scaled_accuracy, (accuracy - chance) / (1 - chance), only for tasks with a chance level.
+HIGHER_IS_BETTER = {"accuracy": True, "sequence_accuracy": True, "scaled_accuracy": True, "loss": False}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -54,10 +56,9 @@ def run_cell(cell: Cell) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     start = time.perf_counter()
     base = _base_row(cell)
     try:
-        task = TASKS.get(cell.task_name)()
-        train_slices = task.generate(cell.task, "train", cell.seed)
-        valid_slices = task.generate(cell.task, "valid", cell.seed)
-        test_slices = drop_seen(task.generate(cell.task, "test", cell.seed), train_slices)
+        train_slices = task_data(cell.task_name, cell.task, "train", cell.seed)
+        valid_slices = task_data(cell.task_name, cell.task, "valid", cell.seed)
+        test_slices = drop_seen(task_data(cell.task_name, cell.task, "test", cell.seed), train_slices)
         device = resolve_device(cell.train.device)
         torch.manual_seed(cell.seed)
         model = LanguageModel(cell.model)
@@ -71,6 +72,12 @@ def run_cell(cell: Cell) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     except Exception as err:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         return [_failure_row(base, "failed", err, start)], {"traceback": traceback.format_exc()}
     status = "diverged" if outcome.diverged else "ok"
+    task = TASKS.get(cell.task_name)()
+    for piece in test_slices:
+        chance = task.chance_accuracy(cell.task, piece.name)
+        if chance is not None:
+            metrics[piece.name]["chance"] = chance
+            metrics[piece.name]["scaled_accuracy"] = (metrics[piece.name]["accuracy"] - chance) / (1 - chance)
     rows = _metric_rows(base, metrics, outcome, status, model, test_slices)
     for row in rows:
         row["wall_s"] = round(time.perf_counter() - start, 3)
@@ -123,10 +130,15 @@ def _metric_rows(base, metrics, outcome: TrainResult, status, model: LanguageMod
     for piece in slices:
         seq_len = _slice_seq_len(piece)
         for metric, higher in HIGHER_IS_BETTER.items():
+            if metric not in metrics[piece.name]:
+                continue
             value = metrics[piece.name][metric]
             n = metrics[piece.name]["n_sequences" if metric == "sequence_accuracy" else "n_tokens"]
             # binomial standard error for accuracies (tokens of one sequence are not independent: a lower bound)
-            stderr = math.sqrt(value * (1 - value) / n) if metric != "loss" and n else None
+            p = metrics[piece.name]["accuracy"] if metric == "scaled_accuracy" else value
+            stderr = math.sqrt(p * (1 - p) / n) if metric != "loss" and n else None
+            if metric == "scaled_accuracy" and stderr is not None:
+                stderr /= 1 - metrics[piece.name]["chance"]
             rows.append(
                 dict(
                     base,

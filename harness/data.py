@@ -1,0 +1,99 @@
+"""Task data materialised once as a `datasets.Dataset` and cached on disk under the hash of what made it.
+
+The cache key is the task's name and version, its config, the split and the seed: change any of them and the
+data is generated anew; bump a task's version when its generator changes. Set HARNESS_CACHE to move the cache
+(default ~/.cache/harness/data); HARNESS_CACHE=off generates in memory every time.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.config import config_hash, to_dict
+from harness.registry import TASKS
+from tasks.base import Slice
+
+
+def cache_root() -> Path | None:
+    setting = os.environ.get("HARNESS_CACHE", "")
+    if setting.lower() == "off":
+        return None
+    return Path(setting) if setting else Path.home() / ".cache" / "harness" / "data"
+
+
+def task_data(task_name: str, config: Any, split: str, seed: int) -> list[Slice]:
+    """The slices of one split, from the cache when present, else generated and stored."""
+    task = TASKS.get(task_name)()
+    root = cache_root()
+    if root is None:
+        return task.generate(config, split, seed)
+    key = config_hash(
+        dict(task=task_name, version=task.version, config=to_dict(config), split=split, seed=seed)
+    )
+    path = root / f"{task_name}-{split}-{key}"
+    if path.exists():
+        return _from_dataset(path)
+    slices = task.generate(config, split, seed)
+    _save(slices, path)
+    return slices
+
+
+def _save(slices: list[Slice], path: Path) -> None:
+    import datasets  # slow to import; only needed when writing or reading the cache
+
+    datasets.disable_progress_bars()
+    import pyarrow as pa
+
+    names = np.concatenate([np.full(len(piece), piece.name, dtype=object) for piece in slices])
+
+    def lists(arrays: list[np.ndarray]) -> pa.ListArray:
+        # one Arrow list per example, built from flat values and offsets (no Python loop over examples)
+        lengths = np.concatenate([np.full(len(a), a.shape[1]) for a in arrays])
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+        return pa.ListArray.from_arrays(offsets, np.concatenate([a.ravel() for a in arrays]).astype(np.int64))
+
+    table = pa.table(
+        {
+            "slice": pa.array(names, pa.string()),
+            "input_ids": lists([piece.inputs for piece in slices]),
+            "labels": lists([piece.labels for piece in slices]),
+        }
+    )
+    dataset = datasets.Dataset(datasets.table.InMemoryTable(table))
+    # Write beside the final place and rename, so that a crash never leaves a half-written cache entry.
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        dataset.save_to_disk(str(tmp))
+        os.replace(tmp, path)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not path.exists():  # another process may have written the same entry first
+            raise
+
+
+def _from_dataset(path: Path) -> list[Slice]:
+    import datasets
+
+    table = datasets.load_from_disk(str(path)).with_format("arrow")[:]
+    names = table.column("slice").to_numpy(zero_copy_only=False)
+    columns = {}
+    for column in ("input_ids", "labels"):
+        lists = table.column(column).combine_chunks()
+        columns[column] = (lists.offsets.to_numpy(), lists.flatten().to_numpy())
+    slices = []
+    # rows of one slice are contiguous and of one length (as _save wrote them)
+    boundaries = np.flatnonzero(names[1:] != names[:-1]) + 1
+    for first, end in zip(np.r_[0, boundaries], np.r_[boundaries, len(names)], strict=True):
+        arrays = []
+        for column in ("input_ids", "labels"):
+            offsets, values = columns[column]
+            arrays.append(values[offsets[first] : offsets[end]].reshape(end - first, -1).astype(np.int64))
+        slices.append(Slice(str(names[first]), *arrays))
+    return slices
