@@ -98,6 +98,9 @@ def report(
     metric: Annotated[
         str | None, typer.Option(help="Only this metric (accuracy, sequence_accuracy, loss).")
     ] = None,
+    figures: Annotated[
+        bool, typer.Option("--figures", help="Also draw accuracy vs length (PNG under OUT/report/).")
+    ] = False,
 ) -> None:
     """Print the markdown table of a results store and write it as CSV under OUT/report/."""
     from harness.report import failures_markdown, markdown, summarize, write_csv
@@ -120,6 +123,11 @@ def report(
         typer.echo("\nCells that did not finish normally:\n" + failed)
     csv = write_csv(table, out / "report" / f"{suite or 'all'}.csv")
     typer.echo(f"\nCSV: {csv}")
+    if figures:
+        from harness.figures import accuracy_vs_length
+
+        png = accuracy_vs_length(rows, out / "report" / f"{suite or 'all'}_accuracy_vs_length.png")
+        typer.echo(f"figure: {png}" if png else "no slices with a seq_len: no figure drawn")
 
 
 @app.command("list")
