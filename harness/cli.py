@@ -153,10 +153,12 @@ def list_() -> None:
         )
     typer.echo("tasks:")
     for name, cls in TASKS.items():
-        typer.echo(f"  {name:<12} v{cls.version}  {first_line(__import__(cls.__module__, fromlist=['_']))}")
+        # a task's own docstring where it has one (several tasks may share a module), else its module's
+        about = first_line(cls) or first_line(__import__(cls.__module__, fromlist=["_"]))
+        typer.echo(f"  {name:<18} v{cls.version}  {about}")
     typer.echo("suites:")
     for name, suite in SUITES.items():
-        typer.echo(f"  {name:<12} scales: {', '.join(suite.scales)} — {suite.description}")
+        typer.echo(f"  {name:<18} scales: {', '.join(suite.scales)} — {suite.description}")
 
 
 def main() -> None:

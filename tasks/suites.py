@@ -12,7 +12,11 @@ from typing import Any
 
 from harness.registry import SUITES, HarnessError
 
+from .localization import CopyConfig, IndexLookupConfig, NIAHConfig, VariableTrackingConfig
 from .mqar import MQARConfig
+from .reasoning import MultiHopConfig, PalindromeConfig, StackConfig
+from .recall import FuzzyRecallConfig, NoisyRecallConfig, SelectiveCopyConfig
+from .state_tracking import ModularArithmeticConfig, ParityConfig, PermutationConfig
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +75,247 @@ SUITES.add(
                 tasks=(("mqar", MQARConfig(num_train=100000)),),
                 train=dict(max_steps=10000, batch_size=64, eval_every=500, target_accuracy=0.99),
                 lrs=(1e-3,),
+            ),
+        },
+    ),
+)
+
+
+# Training budgets shared by the suites below, by scale. CPU minutes / one GPU under an hour / the sources' own.
+_TINY_TRAIN = dict(max_steps=300, batch_size=32, eval_every=100, target_accuracy=0.99)
+_SMALL_TRAIN = dict(max_steps=5000, batch_size=64, eval_every=500, target_accuracy=0.99)
+_PAPER_TRAIN = dict(max_steps=20000, batch_size=64, eval_every=1000, target_accuracy=None)
+_TINY_DATA = dict(num_train=4000, num_test=128)
+_SMALL_DATA = dict(num_train=50000, num_test=500)
+_PAPER_DATA = dict(num_train=100000, num_test=1000)
+
+
+def _three_scales(
+    description: str, tiny: tuple, small: tuple, paper: tuple, paper_lrs=(1e-4, 5e-4, 1e-3)
+) -> Suite:
+    return Suite(
+        description=description,
+        scales={
+            "tiny": SuiteScale(model_size="tiny", tasks=tiny, train=_TINY_TRAIN, lrs=(3e-3,)),
+            "small": SuiteScale(
+                model_size="small", tasks=small, train=_SMALL_TRAIN, lrs=(1e-3,), seeds=(0, 1)
+            ),
+            "paper": SuiteScale(
+                model_size="kimi-synth", tasks=paper, train=_PAPER_TRAIN, lrs=paper_lrs, seeds=(0, 1, 2)
+            ),
+        },
+    )
+
+
+SUITES.add(
+    "recall",
+    _three_scales(
+        "Associative recall: MQAR capacity sweep with mixed-length training, MAD's fuzzy/noisy recall, selective copy",
+        tiny=(
+            (
+                "mqar",
+                MQARConfig(
+                    vocab_size=64,
+                    train_settings=((64, 4), (64, 8)),
+                    test_settings=((64, 2), (64, 4), (64, 8), (128, 8)),
+                    **_TINY_DATA,
+                ),
+            ),
+            ("fuzzy-recall", FuzzyRecallConfig(train_lengths=(64,), test_lengths=(64,), **_TINY_DATA)),
+            (
+                "noisy-recall",
+                NoisyRecallConfig(
+                    train_settings=((64, 0.2), (64, 0.6)), test_settings=((64, 0.2), (64, 0.6)), **_TINY_DATA
+                ),
+            ),
+            (
+                "selective-copy",
+                SelectiveCopyConfig(train_settings=((64, 8),), test_settings=((64, 8),), **_TINY_DATA),
+            ),
+        ),
+        small=(
+            (
+                "mqar",
+                MQARConfig(
+                    train_settings=((64, 4), (128, 8), (256, 16), (512, 32)),
+                    test_settings=((64, 4), (128, 8), (256, 16), (512, 32), (512, 64)),
+                    **_SMALL_DATA,
+                ),
+            ),
+            ("fuzzy-recall", FuzzyRecallConfig(**_SMALL_DATA)),
+            ("noisy-recall", NoisyRecallConfig(**_SMALL_DATA)),
+            ("selective-copy", SelectiveCopyConfig(**_SMALL_DATA)),
+        ),
+        # Zoology's grid: V 8192, (L, N) in (64,4) (128,8) (256,16) (512,64), trained on the mixture
+        paper=(
+            (
+                "mqar",
+                MQARConfig(
+                    train_settings=((64, 4), (128, 8), (256, 16), (512, 64)),
+                    test_settings=((64, 4), (128, 8), (256, 16), (512, 64)),
+                    **_PAPER_DATA,
+                ),
+            ),
+            ("fuzzy-recall", FuzzyRecallConfig(**_PAPER_DATA)),
+            ("noisy-recall", NoisyRecallConfig(**_PAPER_DATA)),
+            ("selective-copy", SelectiveCopyConfig(**_PAPER_DATA)),
+        ),
+        paper_lrs=(1e-4, 4.6e-4, 2.2e-3, 1e-2),  # logspace(-4, -2, 4), as Zoology
+    ),
+)
+
+SUITES.add(
+    "localization",
+    _three_scales(
+        "Long-context localisation: needles by depth and length, index lookup, copy and variable tracking beyond the training length",
+        tiny=(
+            (
+                "niah",
+                NIAHConfig(
+                    key_vocab=32,
+                    value_vocab=32,
+                    haystack_vocab=32,
+                    train_lengths=(64,),
+                    test_lengths=(64, 128),
+                    **_TINY_DATA,
+                ),
+            ),
+            ("index-lookup", IndexLookupConfig(train_lengths=(32, 64), test_lengths=(32, 64), **_TINY_DATA)),
+            ("copy", CopyConfig(train_lengths=(32,), test_lengths=(32, 64), **_TINY_DATA)),
+            (
+                "variable-tracking",
+                VariableTrackingConfig(
+                    train_lengths=(64,),
+                    test_lengths=(64, 128),
+                    train_hops=(1, 2),
+                    test_hops=(1, 2),
+                    **_TINY_DATA,
+                ),
+            ),
+        ),
+        small=(
+            ("niah", NIAHConfig(**_SMALL_DATA)),
+            ("niah", NIAHConfig(variant="multi-key", **_SMALL_DATA)),
+            ("index-lookup", IndexLookupConfig(**_SMALL_DATA)),
+            ("copy", CopyConfig(**_SMALL_DATA)),
+            ("variable-tracking", VariableTrackingConfig(**_SMALL_DATA)),
+        ),
+        paper=tuple(
+            (
+                "niah",
+                NIAHConfig(
+                    variant=variant,
+                    train_lengths=(256, 512),
+                    test_lengths=(256, 512, 1024, 2048, 4096),
+                    **_PAPER_DATA,
+                ),
+            )
+            for variant in ("single", "multi-key", "multi-value", "multi-query")
+        )
+        + (
+            (
+                "index-lookup",
+                IndexLookupConfig(
+                    train_lengths=(128, 256), test_lengths=(128, 256, 512, 1024), **_PAPER_DATA
+                ),
+            ),
+            ("copy", CopyConfig(train_lengths=(128, 256), test_lengths=(128, 256, 512, 1024), **_PAPER_DATA)),
+            ("variable-tracking", VariableTrackingConfig(**_PAPER_DATA)),
+        ),
+    ),
+)
+
+SUITES.add(
+    "reasoning",
+    _three_scales(
+        "Reasoning probes: parity, modular arithmetic, S5/A5 permutations (length generalisation), stacks, palindromes, pointer chasing",
+        tiny=(
+            ("parity", ParityConfig(train_lengths=tuple(range(3, 17)), test_lengths=(16, 32), **_TINY_DATA)),
+            (
+                "modular-arithmetic",
+                ModularArithmeticConfig(
+                    train_lengths=tuple(range(3, 17, 2)), test_lengths=(15, 31), **_TINY_DATA
+                ),
+            ),
+            ("permutation", PermutationConfig(train_lengths=(16,), test_lengths=(16, 32), **_TINY_DATA)),
+            (
+                "stack",
+                StackConfig(
+                    num_stacks=4, num_elements=8, train_lengths=(48,), test_lengths=(48, 96), **_TINY_DATA
+                ),
+            ),
+            (
+                "palindrome",
+                PalindromeConfig(vocab_size=16, train_lengths=(32,), test_lengths=(32, 64), **_TINY_DATA),
+            ),
+            (
+                "multi-hop",
+                MultiHopConfig(
+                    num_nodes=32,
+                    train_settings=((64, 1), (64, 2)),
+                    test_settings=((64, 1), (64, 2)),
+                    **_TINY_DATA,
+                ),
+            ),
+        ),
+        small=(
+            ("parity", ParityConfig(**_SMALL_DATA)),
+            ("modular-arithmetic", ModularArithmeticConfig(**_SMALL_DATA)),
+            ("modular-arithmetic", ModularArithmeticConfig(brackets=True, **_SMALL_DATA)),
+            ("permutation", PermutationConfig(group="S5", **_SMALL_DATA)),
+            ("permutation", PermutationConfig(group="A5", **_SMALL_DATA)),
+            ("stack", StackConfig(**_SMALL_DATA)),
+            ("palindrome", PalindromeConfig(**_SMALL_DATA)),
+            ("multi-hop", MultiHopConfig(**_SMALL_DATA)),
+        ),
+        paper=(
+            ("parity", ParityConfig(**_PAPER_DATA)),
+            ("modular-arithmetic", ModularArithmeticConfig(**_PAPER_DATA)),
+            ("modular-arithmetic", ModularArithmeticConfig(brackets=True, **_PAPER_DATA)),
+            ("permutation", PermutationConfig(group="S5", **_PAPER_DATA)),
+            ("permutation", PermutationConfig(group="A5", **_PAPER_DATA)),
+            ("stack", StackConfig(**_PAPER_DATA)),
+            ("palindrome", PalindromeConfig(**_PAPER_DATA)),
+            ("multi-hop", MultiHopConfig(**_PAPER_DATA)),
+        ),
+    ),
+)
+
+
+def _kimi_tasks(lengths: tuple[int, ...], data: dict) -> tuple:
+    """Palindrome, MQAR and stack, one training run per length as in the report. The report states neither
+    vocabularies nor pair counts: MQAR uses V 8192 and L/16 pairs; stack and palindrome their task defaults."""
+    tasks = []
+    for length in lengths:
+        tasks.append(
+            ("palindrome", PalindromeConfig(train_lengths=(length,), test_lengths=(length,), **data))
+        )
+        pairs = ((length, length // 16),)
+        tasks.append(("mqar", MQARConfig(train_settings=pairs, test_settings=pairs, **data)))
+        tasks.append(("stack", StackConfig(train_lengths=(length,), test_lengths=(length,), **data)))
+    return tuple(tasks)
+
+
+SUITES.add(
+    "kimi",
+    Suite(
+        description="The Kimi Linear report's synthetic tests: palindrome, MQAR and stack at lengths 256-2048",
+        scales={
+            "tiny": SuiteScale(
+                model_size="tiny", tasks=_kimi_tasks((64, 128), _TINY_DATA), train=_TINY_TRAIN, lrs=(3e-3,)
+            ),
+            # one H100 in about 20 minutes for four models: one lr, a short budget
+            "small": SuiteScale(
+                model_size="kimi-synth",
+                tasks=_kimi_tasks((256, 512, 1024, 2048), dict(num_train=8000, num_test=200)),
+                train=dict(max_steps=300, batch_size=32, eval_every=100, target_accuracy=0.99),
+                lrs=(1e-3,),
+            ),
+            "paper": SuiteScale(
+                model_size="kimi-synth",
+                tasks=_kimi_tasks((256, 512, 1024, 2048), _PAPER_DATA),
+                train=dict(max_steps=20000, batch_size=32, eval_every=1000, target_accuracy=0.99),
+                lrs=(5e-5, 1e-4, 5e-4, 1e-3),
             ),
         },
     ),
