@@ -1,5 +1,5 @@
-"""MAD recall and copying tasks (Poli et al. 2024, "Mechanistic Design and Scaling of Hybrid Architectures";
-generators follow the public MAD code, `mad/data/instances.py`): fuzzy recall, noisy recall, selective copying.
+"""MAD recall and copying tasks (Poli et al. 2024, "Mechanistic Design and Scaling of Hybrid Architectures"):
+fuzzy recall, noisy recall, selective copying, generating the data MAD describes (deviations listed below).
 
 **fuzzy-recall.** Keys are 1..k_max distinct tokens from a key vocabulary, values 1..v_max distinct tokens from a
 disjoint value vocabulary, written `key value key value ...` (disjoint vocabularies mark where a key or a value
