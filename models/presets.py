@@ -66,9 +66,10 @@ class Architecture:
 for _name in ("kda", "gdn", "mamba2"):
     ARCHITECTURES.add(_name, Architecture(mixers=(_name,), ratio=(1,), description=f"{_name} in every layer"))
 # The full-attention baseline gets decoupled RoPE (half a head wide, as DeepSeek-V2's 64 of 128): a model of
-# attention layers alone has no convolution or recurrence to tell it token order, and without positions it fails
-# even the smoke MQAR. The NoPE variant is kept under its own name; in the hybrids the linear layers supply
-# order and MLA is NoPE, as in Kimi Linear.
+# attention layers alone has no convolution or recurrence to tell it token order. Measured on the smoke MQAR
+# (tiny, CPU): with RoPE 0.99/1.00 accuracy at 2/4 pairs after 400 steps; NoPE 0.90/0.68 after all 1500 steps.
+# The NoPE variant is kept under its own name; in the hybrids the linear layers supply order and MLA is NoPE, as
+# in Kimi Linear.
 ARCHITECTURES.add(
     "mla",
     Architecture(
