@@ -132,6 +132,13 @@ def evaluate(
     amp = autocast_dtype(config, device)
     results = {}
     for piece in slices:
+        if len(piece) == 0:
+            # every test example of this slice also occurs in the training data (see cell.drop_seen): no measurement
+            nan = float("nan")
+            results[piece.name] = dict(
+                accuracy=nan, sequence_accuracy=nan, loss=nan, n_tokens=0, n_sequences=0
+            )
+            continue
         correct = total = sequences_right = loss_sum = 0.0
         for i in range(0, len(piece), config.eval_batch_size):
             inputs = torch.from_numpy(piece.inputs[i : i + config.eval_batch_size]).to(device)

@@ -93,3 +93,15 @@ def test_test_examples_seen_in_training_are_dropped():
     ]
     (kept,) = drop_seen(test, train)
     assert kept.inputs.tolist() == [[9, 9]]
+
+
+def test_a_slice_whose_examples_all_occur_in_training_reports_no_value():
+    # one key, two values, length 4: every possible test sequence is in the training data
+    tiny_space = MQARConfig(
+        vocab_size=4, train_settings=((4, 1),), test_settings=((4, 1),), num_train=64, num_test=8
+    )
+    cell = dataclasses.replace(tiny_cell("gdn"), task=tiny_space, model=build_model_config("gdn", "tiny", 4))
+    rows, _ = run_cell(cell)
+    accuracy = [r for r in rows if r["metric"] == "accuracy"]
+    assert len(accuracy) == 1 and accuracy[0]["status"] == "ok"
+    assert accuracy[0]["n"] == 0 and accuracy[0]["value"] != accuracy[0]["value"]  # NaN
