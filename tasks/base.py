@@ -6,6 +6,7 @@ Labels are -100 wherever the model is not scored, as in PyTorch's cross-entropy.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -61,6 +62,17 @@ class Task:
         """Token accuracy of guessing, for chance-corrected accuracy (acc - chance) / (1 - chance); None: not
         reported. State-tracking tasks define it."""
         return None
+
+
+def plan_examples(
+    split: str, train: Sequence, test: Sequence, num_train: int, num_test: int
+) -> list[tuple[Any, int]]:
+    """(setting, number of examples) of every slice of a split: the training mixture splits num_train evenly
+    between the train settings; valid and test get num_test examples per test setting."""
+    if split == "train":
+        parts = np.array_split(np.arange(num_train), len(train))
+        return [(setting, len(part)) for setting, part in zip(train, parts, strict=True)]
+    return [(setting, num_test) for setting in test]
 
 
 def split_seed(seed: int, split: str) -> int:

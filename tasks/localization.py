@@ -73,7 +73,7 @@ import numpy as np
 
 from harness.registry import TASKS, HarnessError
 
-from .base import IGNORE, Slice, Task, split_seed
+from .base import IGNORE, Slice, Task, plan_examples, split_seed
 from .mqar import distinct_integers
 
 # niah ------------------------------------------------------------------------------------------------------
@@ -156,7 +156,12 @@ class NIAH(Task):
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
         if split == "train":
-            plan = [(seq_len, None, n) for seq_len, n in _length_plan(config, split)]
+            plan = [
+                (seq_len, None, n)
+                for seq_len, n in plan_examples(
+                    split, config.train_lengths, config.test_lengths, config.num_train, config.num_test
+                )
+            ]
         else:
             plan = [(seq_len, d, config.num_test) for seq_len in config.test_lengths for d in config.depths]
         slices = []
@@ -303,7 +308,9 @@ class IndexLookup(Task):
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
         slices = []
-        for seq_len, n in _length_plan(config, split):
+        for seq_len, n in plan_examples(
+            split, config.train_lengths, config.test_lengths, config.num_train, config.num_test
+        ):
             inputs, labels = self._examples(rng, n, seq_len, config)
             slices.append(Slice(f"seq_len={seq_len}", inputs, labels))
         return slices
@@ -375,7 +382,9 @@ class Copy(Task):
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
         slices = []
-        for seq_len, n in _length_plan(config, split):
+        for seq_len, n in plan_examples(
+            split, config.train_lengths, config.test_lengths, config.num_train, config.num_test
+        ):
             half = seq_len // 2
             data = rng.integers(1, config.data_vocab + 1, size=(n, half))
             stream = np.concatenate([data, np.zeros((n, 1), dtype=np.int64), data], axis=1)
@@ -462,14 +471,10 @@ class VariableTracking(Task):
     def generate(self, config: VariableTrackingConfig, split: str, seed: int) -> list[Slice]:
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
-        if split == "train":
-            settings = [(L, k) for L in config.train_lengths for k in config.train_hops]
-            parts = np.array_split(np.arange(config.num_train), len(settings))
-            plan = [(*s, len(p)) for s, p in zip(settings, parts, strict=True)]
-        else:
-            plan = [(L, k, config.num_test) for L in config.test_lengths for k in config.test_hops]
+        train = [(L, k) for L in config.train_lengths for k in config.train_hops]
+        test = [(L, k) for L in config.test_lengths for k in config.test_hops]
         slices = []
-        for seq_len, hops, n in plan:
+        for (seq_len, hops), n in plan_examples(split, train, test, config.num_train, config.num_test):
             inputs, labels = variable_tracking_examples(rng, n, seq_len, hops, config)
             slices.append(Slice(f"seq_len={seq_len},hops={hops}", inputs, labels))
         return slices
@@ -542,14 +547,6 @@ def shift(stream: np.ndarray, answer: np.ndarray) -> tuple[np.ndarray, np.ndarra
     inputs = np.ascontiguousarray(stream[:, :-1], dtype=np.int64)
     labels = np.where(answer[:, 1:], stream[:, 1:], IGNORE).astype(np.int64)
     return inputs, labels
-
-
-def _length_plan(config, split: str) -> list[tuple[int, int]]:
-    """(seq_len, examples) per slice: training splits num_train evenly over train_lengths."""
-    if split == "train":
-        parts = np.array_split(np.arange(config.num_train), len(config.train_lengths))
-        return [(seq_len, len(p)) for seq_len, p in zip(config.train_lengths, parts, strict=True)]
-    return [(seq_len, config.num_test) for seq_len in config.test_lengths]
 
 
 def _require_settings(task: str, train: tuple, test: tuple) -> None:

@@ -22,7 +22,7 @@ import numpy as np
 
 from harness.registry import TASKS, HarnessError
 
-from .base import IGNORE, Slice, Task, split_seed
+from .base import IGNORE, Slice, Task, plan_examples, split_seed
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,13 +74,9 @@ class MQAR(Task):
     def generate(self, config: MQARConfig, split: str, seed: int) -> list[Slice]:
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
-        if split == "train":
-            per_setting = np.array_split(np.arange(config.num_train), len(config.train_settings))
-            plan = [
-                (setting, len(part)) for setting, part in zip(config.train_settings, per_setting, strict=True)
-            ]
-        else:
-            plan = [(setting, config.num_test) for setting in config.test_settings]
+        plan = plan_examples(
+            split, config.train_settings, config.test_settings, config.num_train, config.num_test
+        )
         slices = []
         for (seq_len, pairs), n in plan:
             inputs, labels = mqar_examples(rng, n, seq_len, pairs, config.vocab_size, config.power_a)

@@ -44,15 +44,7 @@ import numpy as np
 
 from harness.registry import TASKS, HarnessError
 
-from .base import IGNORE, Slice, Task, split_seed
-
-
-def _plan(train: tuple, test: tuple, split: str, num_train: int, num_test: int) -> list[tuple]:
-    """(setting, number of examples) per slice: the training mixture is split evenly between its settings."""
-    if split == "train":
-        parts = np.array_split(np.arange(num_train), len(train))
-        return [(setting, len(part)) for setting, part in zip(train, parts, strict=True)]
-    return [(setting, num_test) for setting in test]
+from .base import IGNORE, Slice, Task, plan_examples, split_seed
 
 
 def _require_settings(task: str, train: tuple, test: tuple, what: str) -> None:
@@ -105,7 +97,9 @@ class Palindrome(Task):
     def generate(self, config: PalindromeConfig, split: str, seed: int) -> list[Slice]:
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
-        plan = _plan(config.train_lengths, config.test_lengths, split, config.num_train, config.num_test)
+        plan = plan_examples(
+            split, config.train_lengths, config.test_lengths, config.num_train, config.num_test
+        )
         slices = []
         for seq_len, n in plan:
             half = seq_len // 2
@@ -180,7 +174,9 @@ class Stack(Task):
     def generate(self, config: StackConfig, split: str, seed: int) -> list[Slice]:
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
-        plan = _plan(config.train_lengths, config.test_lengths, split, config.num_train, config.num_test)
+        plan = plan_examples(
+            split, config.train_lengths, config.test_lengths, config.num_train, config.num_test
+        )
         slices = []
         for seq_len, n in plan:
             inputs, labels = stack_examples(rng, n, seq_len, config)
@@ -290,7 +286,9 @@ class MultiHop(Task):
     def generate(self, config: MultiHopConfig, split: str, seed: int) -> list[Slice]:
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
-        plan = _plan(config.train_settings, config.test_settings, split, config.num_train, config.num_test)
+        plan = plan_examples(
+            split, config.train_settings, config.test_settings, config.num_train, config.num_test
+        )
         slices = []
         for (seq_len, hops), n in plan:
             inputs, labels = multi_hop_examples(rng, n, seq_len, hops, config)

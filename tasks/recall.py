@@ -54,21 +54,12 @@ Metric: token accuracy over the labelled positions (the harness computes it).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from harness.registry import TASKS, HarnessError
 
-from .base import IGNORE, Slice, Task, split_seed
-
-
-def plan(split: str, train: tuple, test: tuple, num_train: int, num_test: int) -> list[tuple[Any, int]]:
-    """(setting, number of examples) per slice: the training mixture split evenly, or num_test per test setting."""
-    if split == "train":
-        parts = np.array_split(np.arange(num_train), len(train))
-        return [(setting, len(part)) for setting, part in zip(train, parts, strict=True)]
-    return [(setting, num_test) for setting in test]
+from .base import IGNORE, Slice, Task, plan_examples, split_seed
 
 
 def ordered_distinct(
@@ -188,7 +179,7 @@ class FuzzyRecall(Task):
         rng = np.random.default_rng(split_seed(seed, split))
         full_keys = split != "train" and config.full_length_test_keys
         slices = []
-        for seq_len, n in plan(
+        for seq_len, n in plan_examples(
             split, config.train_lengths, config.test_lengths, config.num_train, config.num_test
         ):
             inputs, labels = self.examples(config, rng, n, seq_len, full_keys)
@@ -329,7 +320,7 @@ class NoisyRecall(Task):
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
         slices = []
-        for (seq_len, frac_noise), n in plan(
+        for (seq_len, frac_noise), n in plan_examples(
             split, config.train_settings, config.test_settings, config.num_train, config.num_test
         ):
             inputs, labels = self.examples(config, rng, n, seq_len, frac_noise)
@@ -423,7 +414,7 @@ class SelectiveCopy(Task):
         rng = np.random.default_rng(split_seed(seed, split))
         blank, copy = config.vocab_size - 2, config.vocab_size - 1
         slices = []
-        for (seq_len, num_tokens), n in plan(
+        for (seq_len, num_tokens), n in plan_examples(
             split, config.train_settings, config.test_settings, config.num_train, config.num_test
         ):
             context = seq_len - num_tokens - 1

@@ -53,7 +53,7 @@ import numpy as np
 
 from harness.registry import TASKS, HarnessError
 
-from .base import IGNORE, Slice, Task, split_seed
+from .base import IGNORE, Slice, Task, plan_examples, split_seed
 
 TRAIN_LENGTHS = tuple(range(3, 41))
 TEST_LENGTHS = (40, 64, 128, 256)
@@ -121,14 +121,6 @@ def validate_lengths(task: str, config, shortest: int, why: str) -> None:
         raise HarnessError(f"{task}: num_test must be >= 1, got {config.num_test}")
 
 
-def length_plan(config, split: str) -> list[tuple[int, int]]:
-    """(seq_len, number of examples) of each slice of a split."""
-    if split == "train":
-        parts = np.array_split(np.arange(config.num_train), len(config.train_lengths))
-        return [(seq_len, len(part)) for seq_len, part in zip(config.train_lengths, parts, strict=True)]
-    return [(seq_len, config.num_test) for seq_len in config.test_lengths]
-
-
 @TASKS.register("parity")
 class Parity(Task):
     """Running parity of a bit string, at lengths beyond training."""
@@ -155,7 +147,9 @@ class Parity(Task):
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
         slices = []
-        for seq_len, n in length_plan(config, split):
+        for seq_len, n in plan_examples(
+            split, config.train_lengths, config.test_lengths, config.num_train, config.num_test
+        ):
             if config.tagging:
                 inputs = rng.integers(0, 2, size=(n, seq_len))
                 labels = np.cumsum(inputs, axis=1) % 2
@@ -204,7 +198,9 @@ class ModularArithmetic(Task):
         m = config.modulus
         p_bracket = config.bracket_probability if config.brackets else 0.0
         slices = []
-        for seq_len, n in length_plan(config, split):
+        for seq_len, n in plan_examples(
+            split, config.train_lengths, config.test_lengths, config.num_train, config.num_test
+        ):
             # an expression has odd length: one pad in front when seq_len - 1 is even
             pad = 1 - (seq_len - 1) % 2
             expressions = random_expressions(rng, n, seq_len - 1 - pad, m, p_bracket)
@@ -328,7 +324,9 @@ class Permutation(Task):
         rng = np.random.default_rng(split_seed(seed, split))
         _, table = group_elements(config.group)
         slices = []
-        for seq_len, n in length_plan(config, split):
+        for seq_len, n in plan_examples(
+            split, config.train_lengths, config.test_lengths, config.num_train, config.num_test
+        ):
             inputs = rng.integers(0, len(table), size=(n, seq_len), dtype=np.int64)
             labels = np.empty_like(inputs)
             labels[:, 0] = inputs[:, 0]
