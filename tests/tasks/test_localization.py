@@ -1,7 +1,6 @@
 """Localisation tasks checked by independent solvers that read the rendered words: find the needles, look up
 positions, copy, follow the assignment chains; then compare with the labels."""
 
-import hashlib
 import re
 
 import numpy as np
@@ -11,16 +10,9 @@ from harness.registry import TASKS, HarnessError
 from tasks.base import IGNORE
 from tasks.localization import CopyConfig, IndexLookupConfig, NIAHConfig, VariableTrackingConfig
 
+from .checks import digest
+
 NIAH, INDEX, COPY, TRACK = (TASKS.get(n) for n in ("niah", "index-lookup", "copy", "variable-tracking"))
-
-
-def digest(slices) -> str:
-    h = hashlib.sha256()
-    for piece in slices:
-        h.update(piece.name.encode())
-        h.update(piece.inputs.tobytes())
-        h.update(piece.labels.tobytes())
-    return h.hexdigest()
 
 
 def as_words(task, config, row: np.ndarray) -> list[str]:

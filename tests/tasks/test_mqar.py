@@ -1,7 +1,5 @@
 """MQAR data checked by an independent solver: read the pairs, answer the queries, compare with the labels."""
 
-import hashlib
-
 import numpy as np
 import pytest
 
@@ -9,16 +7,9 @@ from harness.registry import TASKS, HarnessError
 from tasks.base import IGNORE
 from tasks.mqar import MQARConfig, distinct_integers
 
+from .checks import digest
+
 MQAR = TASKS.get("mqar")
-
-
-def digest(slices) -> str:
-    h = hashlib.sha256()
-    for piece in slices:
-        h.update(piece.name.encode())
-        h.update(piece.inputs.tobytes())
-        h.update(piece.labels.tobytes())
-    return h.hexdigest()
 
 
 def solve(inputs: np.ndarray, pairs: int) -> dict[int, int]:

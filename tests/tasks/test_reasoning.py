@@ -1,8 +1,6 @@
 """Palindrome, stack and multi-hop data checked by independent solvers: reverse the prefix, simulate the stacks,
 follow the pointers; then compare with the labels."""
 
-import hashlib
-
 import numpy as np
 import pytest
 
@@ -10,16 +8,9 @@ from harness.registry import TASKS, HarnessError
 from tasks.base import IGNORE
 from tasks.reasoning import MultiHopConfig, PalindromeConfig, StackConfig
 
+from .checks import digest
+
 PALINDROME, STACK, MULTI_HOP = TASKS.get("palindrome"), TASKS.get("stack"), TASKS.get("multi-hop")
-
-
-def digest(slices) -> str:
-    h = hashlib.sha256()
-    for piece in slices:
-        h.update(piece.name.encode())
-        h.update(piece.inputs.tobytes())
-        h.update(piece.labels.tobytes())
-    return h.hexdigest()
 
 
 def words(task, config, ids) -> list[str]:

@@ -1,7 +1,6 @@
 """MAD fuzzy recall, noisy recall and selective copying, checked by independent solvers: read the token stream
 as a person would (split it into keys, values and noise, or find the data tokens), answer, compare with the labels."""
 
-import hashlib
 import itertools
 
 import numpy as np
@@ -17,18 +16,11 @@ from tasks.recall import (
     ordered_distinct,
 )
 
+from .checks import digest
+
 FUZZY = TASKS.get("fuzzy-recall")()
 NOISY = TASKS.get("noisy-recall")()
 COPY = TASKS.get("selective-copy")()
-
-
-def digest(slices) -> str:
-    h = hashlib.sha256()
-    for piece in slices:
-        h.update(piece.name.encode())
-        h.update(piece.inputs.tobytes())
-        h.update(piece.labels.tobytes())
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- fuzzy recall

@@ -1,7 +1,6 @@
 """State-tracking data checked by independent solvers: count the bits, evaluate the rendered expression with
 Python, multiply the permutations written in the vocabulary."""
 
-import hashlib
 import itertools
 
 import numpy as np
@@ -11,18 +10,11 @@ from harness.registry import TASKS, HarnessError
 from tasks.base import IGNORE
 from tasks.state_tracking import ModularArithmeticConfig, ParityConfig, PermutationConfig
 
+from .checks import digest
+
 Parity = TASKS.get("parity")
 ModularArithmetic = TASKS.get("modular-arithmetic")
 Permutation = TASKS.get("permutation")
-
-
-def digest(slices) -> str:
-    h = hashlib.sha256()
-    for piece in slices:
-        h.update(piece.name.encode())
-        h.update(piece.inputs.tobytes())
-        h.update(piece.labels.tobytes())
-    return h.hexdigest()
 
 
 def test_parity_tags_every_position_with_the_prefix_parity():
