@@ -66,3 +66,18 @@ def assert_every_parameter_gets_a_finite_gradient(module: nn.Module, x: Tensor) 
         assert torch.isfinite(p.grad).all(), f"{name} has a non-finite gradient"
         # a parameter that cannot change the output is dead weight (or a wiring bug)
         assert p.grad.abs().max() > 0, f"{name} has an all-zero gradient"
+
+
+def randn(*shape, seed: int = 1) -> Tensor:
+    """float64 normal noise from its own generator."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def delta_rule_inputs_ref(inputs: nn.Module, x: Tensor, H: int, K: int, negative_eigenvalues: bool):
+    """KDA's and GDN's q, k, v, beta from a DeltaRuleInputs module's weights (Kimi report, Eq. 10)."""
+    B, T, _ = x.shape
+    q = l2_normalize(causal_conv_ref(x @ inputs.q_proj.weight.T, inputs.q_conv.conv).view(B, T, H, K))
+    k = l2_normalize(causal_conv_ref(x @ inputs.k_proj.weight.T, inputs.k_conv.conv).view(B, T, H, K))
+    v = causal_conv_ref(x @ inputs.v_proj.weight.T, inputs.v_conv.conv).view(B, T, H, K)
+    beta = torch.sigmoid(x @ inputs.b_proj.weight.T)  # (B, T, H)
+    return q, k, v, (2 * beta if negative_eigenvalues else beta)

@@ -10,9 +10,9 @@ from .checks import (
     MODEL_TOLERANCE,
     assert_causal,
     assert_every_parameter_gets_a_finite_gradient,
-    causal_conv_ref,
-    l2_normalize,
+    delta_rule_inputs_ref,
     perturb_parameters,
+    randn,
     rel_rms,
     rms_norm,
 )
@@ -29,21 +29,11 @@ def make_gdn(seed: int = 0, kernel_impl: str = "torch", **fields) -> GDN:
     return gdn
 
 
-def randn(*shape, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
 @torch.no_grad()
 def gdn_reference(gdn: GDN, x: torch.Tensor) -> torch.Tensor:
     """S_t = alpha_t (I - beta_t k_t k_t^T) S_{t-1} + beta_t k_t v_t^T, token by token, module's weights."""
     B, T, _ = x.shape
-    inputs = gdn.inputs
-    q = l2_normalize(causal_conv_ref(x @ inputs.q_proj.weight.T, inputs.q_conv.conv).view(B, T, H, K))
-    k = l2_normalize(causal_conv_ref(x @ inputs.k_proj.weight.T, inputs.k_conv.conv).view(B, T, H, K))
-    v = causal_conv_ref(x @ inputs.v_proj.weight.T, inputs.v_conv.conv).view(B, T, H, K)
-    beta = torch.sigmoid(x @ inputs.b_proj.weight.T)  # (B, T, H)
-    if gdn.config.negative_eigenvalues:
-        beta = 2 * beta
+    q, k, v, beta = delta_rule_inputs_ref(gdn.inputs, x, H, K, gdn.config.negative_eigenvalues)
     # one decay per head and token
     alpha = (-gdn.A_log.exp() * F.softplus(x @ gdn.a_proj.weight.T + gdn.dt_bias)).exp()  # (B, T, H)
 

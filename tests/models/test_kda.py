@@ -10,9 +10,9 @@ from .checks import (
     MODEL_TOLERANCE,
     assert_causal,
     assert_every_parameter_gets_a_finite_gradient,
-    causal_conv_ref,
-    l2_normalize,
+    delta_rule_inputs_ref,
     perturb_parameters,
+    randn,
     rel_rms,
     rms_norm,
 )
@@ -29,21 +29,11 @@ def make_kda(seed: int = 0, kernel_impl: str = "torch", **fields) -> KDA:
     return kda
 
 
-def randn(*shape, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
 @torch.no_grad()
 def kda_reference(kda: KDA, x: torch.Tensor) -> torch.Tensor:
     """The report's equations, one token at a time, with the module's weights."""
     B, T, _ = x.shape
-    inputs = kda.inputs
-    q = l2_normalize(causal_conv_ref(x @ inputs.q_proj.weight.T, inputs.q_conv.conv).view(B, T, H, K))
-    k = l2_normalize(causal_conv_ref(x @ inputs.k_proj.weight.T, inputs.k_conv.conv).view(B, T, H, K))
-    v = causal_conv_ref(x @ inputs.v_proj.weight.T, inputs.v_conv.conv).view(B, T, H, K)
-    beta = torch.sigmoid(x @ inputs.b_proj.weight.T)  # (B, T, H)
-    if kda.config.negative_eigenvalues:
-        beta = 2 * beta
+    q, k, v, beta = delta_rule_inputs_ref(kda.inputs, x, H, K, kda.config.negative_eigenvalues)
     f_down, f_up = kda.f_proj
     gate_in = (x @ f_down.weight.T @ f_up.weight.T).view(B, T, H, K) + kda.dt_bias.view(H, K)
     g = -kda.A_log.exp()[:, None] * F.softplus(gate_in)  # (B, T, H, K) log forget gate per channel

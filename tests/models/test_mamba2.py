@@ -12,6 +12,7 @@ from .checks import (
     assert_every_parameter_gets_a_finite_gradient,
     causal_conv_ref,
     perturb_parameters,
+    randn,
     rel_rms,
     rms_norm,
 )
@@ -26,10 +27,6 @@ def make_mamba2(seed: int = 0, kernel_impl: str = "torch", **fields) -> Mamba2:
     mamba = Mamba2(D_MODEL, config, kernel_impl=kernel_impl).double()
     perturb_parameters(mamba, seed)
     return mamba
-
-
-def randn(*shape, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from .checks import (
     assert_causal,
     assert_every_parameter_gets_a_finite_gradient,
     perturb_parameters,
+    randn,
     rel_rms,
     rms_norm,
 )
@@ -23,10 +24,6 @@ def make_mla(seed: int = 0, **fields) -> MLA:
     mla = MLA(D_MODEL, config).double()
     perturb_parameters(mla, seed)
     return mla
-
-
-def randn(*shape, seed: int = 1) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
 def rope_ref(x: torch.Tensor, position: int, theta: float) -> torch.Tensor:
