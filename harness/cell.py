@@ -8,6 +8,7 @@ import re
 import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -47,8 +48,9 @@ class Cell:
         return f"{self.model_name} · {self.task_name} · lr={self.train.lr:g} · seed={self.seed}"
 
 
-def run_cell(cell: Cell) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_cell(cell: Cell, log_dir: Path | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train and evaluate one cell. Returns (result rows, extra metadata such as the training history).
+    With `log_dir`, the training curve also goes to TensorBoard there.
 
     Failures are data: a non-finite loss gives status 'diverged', CUDA running out of memory 'oom', any other
     exception 'failed' with its message; the caller writes these rows like any other.
@@ -63,9 +65,7 @@ def run_cell(cell: Cell) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         torch.manual_seed(cell.seed)
         model = LanguageModel(cell.model)
         base.update(_model_columns(model, cell, device))
-        outcome = train(
-            model, train_slices, valid_slices, cell.train, cell.seed, device, description=cell.label
-        )
+        outcome = train(model, train_slices, valid_slices, cell.train, cell.seed, device, cell.label, log_dir)
         metrics = evaluate(model, test_slices, cell.train, device)
     except torch.cuda.OutOfMemoryError as err:
         return [_failure_row(base, "oom", err, start)], {}
@@ -103,6 +103,7 @@ def _base_row(cell: Cell) -> dict[str, Any]:
         scale=cell.scale,
         task=cell.task_name,
         task_version=task_cls.version,
+        task_setting=task_cls().setting_name(cell.task),
         seed=cell.seed,
         model=cell.model_name,
         preset=cell.size,

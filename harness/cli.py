@@ -58,10 +58,16 @@ def run(
     ] = None,
     out: OutOption = Path("runs"),
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and exit.")] = False,
+    tensorboard: Annotated[
+        bool,
+        typer.Option(
+            "--tensorboard", help="Also log training curves to OUT/tensorboard/ (needs tensorboard)."
+        ),
+    ] = False,
 ) -> None:
     """Train and evaluate every model on every cell of a suite; print the results table."""
     _load_plugins()
-    from harness.report import failures_markdown, markdown, summarize, write_csv
+    from harness.report import write_report
     from harness.results import ResultStore
     from harness.sweep import plan_cells, run_cells
 
@@ -76,19 +82,16 @@ def run(
         for cell in cells:
             typer.echo(f"{cell.id}  {'done' if store.has(cell.id) else 'todo'}  {cell.label}")
         return
-    ran, skipped = run_cells(cells, store)
+    if tensorboard:
+        from harness.train import require_tensorboard
+
+        require_tensorboard()  # fail now with one line, not inside every cell
+    ran, skipped = run_cells(cells, store, tensorboard=tensorboard)
     typer.echo(f"\n{ran} cell(s) run, {skipped} already in {out}/ and skipped.\n")
     rows = store.read()
     rows = rows[rows["run_id"].isin({cell.id for cell in cells})]
-    table = summarize(rows)
-    if not table.empty:
-        order = list(dict.fromkeys(cell.model_name for cell in cells))
-        table = table.sort_values("model", key=lambda names: names.map(order.index), kind="stable")
-    typer.echo(markdown(table))
-    if failed := failures_markdown(rows):
-        typer.echo("\nCells that did not finish normally:\n" + failed)
-    csv = write_csv(table, out / "report" / f"{suite}.csv")
-    typer.echo(f"\nCSV: {csv}")
+    order = list(dict.fromkeys(cell.model_name for cell in cells))
+    typer.echo(write_report(rows, store, out / "report", suite, model_order=order))
 
 
 @app.command()
@@ -96,38 +99,36 @@ def report(
     out: OutOption = Path("runs"),
     suite: Annotated[str | None, typer.Option(help="Only this suite.")] = None,
     metric: Annotated[
-        str | None, typer.Option(help="Only this metric (accuracy, sequence_accuracy, loss).")
-    ] = None,
+        str,
+        typer.Option(
+            help="Metric of the printed tables (accuracy, sequence_accuracy, scaled_accuracy, loss)."
+        ),
+    ] = "accuracy",
     figures: Annotated[
-        bool, typer.Option("--figures", help="Also draw accuracy vs length (PNG under OUT/report/).")
-    ] = False,
+        bool,
+        typer.Option(
+            "--figures/--no-figures",
+            help="Draw accuracy vs length and vs state size, needle heatmaps, training curves (PNG).",
+        ),
+    ] = True,
 ) -> None:
-    """Print the markdown table of a results store and write it as CSV under OUT/report/."""
-    from harness.report import failures_markdown, markdown, summarize, write_csv
+    """Pivot tables (model x slice at the best lr, mean ± 95% interval over seeds) and figures of a results store,
+    written under OUT/report/."""
+    from harness.report import write_report
     from harness.results import ResultStore
 
     if not (out / "cells").is_dir():
         raise HarnessError(f"no results store at {out}/ (run `harness run` first, or pass --out)")
-    rows = ResultStore(out).read()
+    store = ResultStore(out)
+    rows = store.read()
     if suite:
         rows = rows[rows["suite"] == suite]
-    if metric:
-        rows = rows[rows["metric"].isna() | (rows["metric"] == metric)]
     if rows.empty:
-        raise HarnessError(f"no results in {out}/ match suite={suite} metric={metric}")
-    table = summarize(rows)
-    if not table.empty:
-        table = table.sort_values(["suite", "scale", "task", "model"], kind="stable")
-    typer.echo(markdown(table))
-    if failed := failures_markdown(rows):
-        typer.echo("\nCells that did not finish normally:\n" + failed)
-    csv = write_csv(table, out / "report" / f"{suite or 'all'}.csv")
-    typer.echo(f"\nCSV: {csv}")
-    if figures:
-        from harness.figures import accuracy_vs_length
-
-        png = accuracy_vs_length(rows, out / "report" / f"{suite or 'all'}_accuracy_vs_length.png")
-        typer.echo(f"figure: {png}" if png else "no slices with a seq_len: no figure drawn")
+        raise HarnessError(f"no results in {out}/ for suite {suite}")
+    known = set(rows["metric"].dropna())
+    if known and metric not in known:
+        raise HarnessError(f"no metric '{metric}' in {out}/; it has: {', '.join(sorted(known))}")
+    typer.echo(write_report(rows, store, out / "report", suite or "all", metric, figures))
 
 
 @app.command("list")

@@ -1,63 +1,133 @@
-"""Result tables: rows of the store aggregated over seeds, as markdown (printed) and CSV (written)."""
+"""Result tables: rows of the store aggregated over seeds, the best learning rate chosen, pivoted for reading.
+
+The protocol (as Zoology and the Kimi report compare architectures):
+1. every (model, task setting, lr) is run with several seeds; per slice and metric we take the mean over seeds and
+   its 95% Student-t interval (`harness.stats.mean_ci95`);
+2. per (model, task setting, metric) the best lr is the one whose mean over all test slices is best. One lr per
+   trained model, not one per slice: a cell is trained once on the task's training mixture and evaluated on every
+   slice, so choosing the lr slice by slice would mix different models into one row and flatter every architecture.
+
+Markdown is printed; CSVs (the tidy best-lr table and the pivot) and figures are written under OUT/report/.
+"""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-GROUP = ["suite", "scale", "model", "task", "task_version", "slice", "metric", "lr"]
+from harness.stats import mean_ci95
+
+# What identifies one trained model on one task setting (everything but the seed).
+SETTING = ["suite", "scale", "model", "task", "task_setting", "task_version", "metric", "lr"]
+GROUP = SETTING[:-2] + ["slice", "metric", "lr"]
+
+
+def task_label(task: str, setting: object) -> str:
+    """'niah' + 'variant=multi-key' -> 'niah[variant=multi-key]'; just the task when it has one setting."""
+    return f"{task}[{setting}]" if isinstance(setting, str) and setting else task
 
 
 def summarize(rows: pd.DataFrame) -> pd.DataFrame:
-    """Mean over seeds of every (model, task, slice, metric, lr), with its ± and the columns people compare."""
-    ok = rows[rows["status"] == "ok"]
+    """Per (model, task setting, slice, metric, lr): mean over seeds, 95% interval, seeds, params, state."""
+    ok = rows[(rows["status"] == "ok") & rows["metric"].notna()].copy()
     if ok.empty:
         return pd.DataFrame()
+    ok["task_setting"] = ok["task_setting"].fillna("") if "task_setting" in ok else ""
 
     def one(group: pd.DataFrame) -> pd.Series:
-        values = group["value"].astype(float)
-        if len(values) > 1:
-            spread = values.std(ddof=1) / np.sqrt(len(values))  # standard error over seeds
-        else:
-            spread = group["stderr"].iloc[0]  # within-run standard error
+        mean, ci95 = mean_ci95(group["value"].astype(float).tolist())
         return pd.Series(
             dict(
+                mean=mean,
+                ci95=ci95,
+                seeds=group["seed"].nunique(),
                 params=int(group["params"].iloc[0]),
                 state=int(group["state_size"].iloc[0]),
-                value=values.mean(),
-                pm=spread,
-                seeds=group["seed"].nunique(),
                 steps=int(group["steps"].mean()),
+                higher_is_better=bool(group["higher_is_better"].iloc[0]),
                 kernel=group["kernel_impl"].iloc[0],
             )
         )
 
-    table = ok.groupby(GROUP, sort=False, dropna=False).apply(one, include_groups=False).reset_index()
-    return table
+    return ok.groupby(GROUP, sort=False, dropna=False).apply(one, include_groups=False).reset_index()
 
 
-def markdown(table: pd.DataFrame) -> str:
-    if table.empty:
-        return "(no finished cells)"
-    shown = pd.DataFrame(
-        {
-            "model": table["model"],
-            "params": table["params"].map(human),
-            "state": table["state"].map(human),
-            "task (v)": table["task"] + " (" + table["task_version"].astype(str) + ")",
-            "slice": table["slice"],
-            "metric": table["metric"],
-            "value": table["value"].map(lambda v: f"{v:.3f}"),
-            "±": table["pm"].map(lambda v: "" if pd.isna(v) else f"{v:.3f}"),
-            "seeds": table["seeds"],
-            "lr": table["lr"].map(lambda v: f"{v:g}"),
-            "steps": table["steps"],
-            "kernel": table["kernel"],
-        }
+def best_lr(summary: pd.DataFrame) -> pd.DataFrame:
+    """The summary rows at each (model, task setting, metric)'s best lr, with `lrs` = how many lrs were tried."""
+    if summary.empty:
+        return summary
+    keys = SETTING[:-1]
+    per_lr = summary.groupby(keys + ["lr"], dropna=False, as_index=False).agg(
+        score=("mean", "mean"), higher=("higher_is_better", "first")
     )
-    return shown.to_markdown(index=False)
+    per_lr["rank_score"] = np.where(per_lr["higher"], per_lr["score"], -per_lr["score"])
+    per_lr = per_lr.dropna(subset=["rank_score"])
+    best = per_lr.loc[per_lr.groupby(keys, dropna=False)["rank_score"].idxmax(), keys + ["lr"]]
+    tried = summary.groupby(keys, dropna=False)["lr"].nunique().rename("lrs").reset_index()
+    table = summary.merge(best, on=keys + ["lr"]).merge(tried, on=keys)
+    return table.reset_index(drop=True)
+
+
+def pivot(best: pd.DataFrame) -> pd.DataFrame:
+    """Model x slice, one table per (suite, scale, task setting, metric): 'mean ± ci95' strings and the context."""
+    if best.empty:
+        return best
+    frames = []
+    per_table = ["suite", "scale", "task", "task_setting", "task_version", "metric"]
+    order = list(dict.fromkeys(best["model"]))  # one model order in every table
+    best = best.sort_values("model", key=lambda names: names.map(order.index), kind="stable")
+    for (suite, scale, task, setting, version, metric), group in best.groupby(
+        per_table, sort=False, dropna=False
+    ):
+        slices = sorted(dict.fromkeys(group["slice"]), key=slice_sort_key)
+        for model, rows in group.groupby("model", sort=False):
+            rows = rows.set_index("slice")
+            record = dict(
+                suite=suite,
+                scale=scale,
+                task=f"{task_label(task, setting)} (v{version})",
+                metric=metric,
+                model=model,
+                params=rows["params"].iloc[0],
+                # state at the longest slice: attention's cache grows with length, a recurrent state does not
+                state=rows["state"].max(),
+                lr=rows["lr"].iloc[0],
+                lrs=rows["lrs"].iloc[0],
+                seeds=rows["seeds"].min(),
+            )
+            for name in slices:
+                record[name] = format_mean_ci(*rows.loc[name, ["mean", "ci95"]]) if name in rows.index else ""
+            frames.append(record)
+    return pd.DataFrame(frames)
+
+
+def pivot_markdown(best: pd.DataFrame) -> str:
+    """One markdown table per suite/scale/task setting/metric, models as rows and slices as columns."""
+    if best.empty:
+        return "(no finished cells)"
+    table = pivot(best)
+    parts = []
+    for (suite, scale, task, metric), group in table.groupby(
+        ["suite", "scale", "task", "metric"], sort=False
+    ):
+        shown = group.drop(columns=["suite", "scale", "task", "metric"]).dropna(axis=1, how="all")
+        shown = shown.loc[:, (shown != "").any(axis=0)]
+        shown["params"] = shown["params"].map(human)
+        shown["state"] = shown["state"].map(human)
+        shown["lr"] = [
+            f"{lr:g} (best of {n})" if n > 1 else f"{lr:g}"
+            for lr, n in zip(shown["lr"], shown["lrs"], strict=True)
+        ]
+        shown = shown.drop(columns=["lrs"])
+        parts.append(
+            f"### {suite} · {scale} · {task} · {metric}\n\n"
+            + shown.to_markdown(index=False, disable_numparse=True)
+        )
+    intervals = "mean ± half-width of the 95% t-interval over seeds (no ± with one seed); best lr by the mean over slices"
+    return "\n\n".join(parts) + f"\n\n({intervals})"
 
 
 def failures_markdown(rows: pd.DataFrame) -> str:
@@ -73,9 +143,57 @@ def write_csv(table: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def slice_sort_key(name: str) -> tuple:
+    """'seq_len=64,pairs=8' sorts by (64, 8): numbers in the order they appear, numerically."""
+    return tuple(float(x) for x in re.findall(r"=(-?[\d.]+)", name or "")), name or ""
+
+
+def format_mean_ci(mean: float, ci95: float) -> str:
+    if pd.isna(mean):
+        return "n/a"
+    return f"{mean:.3f}" if pd.isna(ci95) else f"{mean:.3f} ± {ci95:.3f}"
+
+
 def human(n: float) -> str:
     """1234567 -> '1.23M'."""
     for unit, size in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= size:
             return f"{n / size:.3g}{unit}"
     return str(int(n))
+
+
+def write_report(
+    rows: pd.DataFrame,
+    store,
+    directory: Path,
+    name: str,
+    metric: str = "accuracy",
+    figures: bool = False,
+    model_order: list[str] | None = None,
+) -> str:
+    """Aggregate `rows`, write NAME.csv (best lr, every metric, tidy), NAME_pivot.csv, NAME_all_lrs.csv and, with
+    `figures`, the PNGs under DIRECTORY; return the markdown to print (pivot tables of `metric`, failures, paths)."""
+    summary = summarize(rows)
+    best = best_lr(summary)
+    if model_order and not best.empty:
+        best = best.sort_values("model", key=lambda names: names.map(model_order.index), kind="stable")
+    shown = best[best["metric"] == metric] if not best.empty else best
+    text = [pivot_markdown(shown)]
+    if failed := failures_markdown(rows):
+        text.append("Cells that did not finish normally:\n\n" + failed)
+    written = [
+        write_csv(best, directory / f"{name}.csv"),
+        write_csv(pivot(best), directory / f"{name}_pivot.csv"),
+        write_csv(summary, directory / f"{name}_all_lrs.csv"),
+    ]
+    if figures and not best.empty:
+        from harness.figures import draw_all
+
+        keys = ["model", "task", "task_setting", "lr"]
+        at_best = rows.assign(task_setting=rows["task_setting"].fillna("")).merge(
+            best[keys].drop_duplicates(), on=keys
+        )
+        curves = store.read_curves(at_best[at_best["status"] == "ok"])
+        written += draw_all(best, curves, directory, name, metric)
+    text.append("written: " + ", ".join(str(p) for p in written))
+    return "\n\n".join(text)

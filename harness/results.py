@@ -22,7 +22,7 @@ import pandas as pd
 from harness.registry import HarnessError
 
 COLUMNS = [
-    "run_id", "suite", "scale", "task", "task_version", "slice", "metric", "value", "higher_is_better", "n",
+    "run_id", "suite", "scale", "task", "task_version", "task_setting", "slice", "metric", "value", "higher_is_better", "n",
     "stderr", "seed", "model", "preset", "layers", "params", "non_embedding_params", "state_size", "lr", "steps",
     "tokens_seen", "kernel_impl", "dtype", "device", "git_commit", "git_dirty", "torch", "triton", "wall_s",
     "status", "error",
@@ -63,6 +63,27 @@ class ResultStore:
             if column not in frame:
                 frame[column] = None
         return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
+
+    def read_curves(self, rows: pd.DataFrame) -> pd.DataFrame:
+        """The training curves of the cells in `rows`: one row per history point (step, tokens, train_loss,
+        valid_accuracy, ...) with the cell's run_id, model, task, task_setting, lr and seed."""
+        keys = ["run_id", "model", "task", "task_setting", "lr", "seed"]
+        cells = rows[keys].drop_duplicates("run_id")
+        points = []
+        for cell in cells.itertuples(index=False):
+            path = self.cells / f"{cell.run_id}.json"
+            try:
+                history = json.loads(path.read_text()).get("history", [])
+            except (OSError, json.JSONDecodeError):
+                raise HarnessError(
+                    f"unreadable cell file {path}; move it out of the store and rerun its cell"
+                ) from None
+            points += [dict(cell._asdict(), **point) for point in history]
+        frame = pd.DataFrame.from_records(points)
+        for column in keys + ["step", "tokens", "train_loss", "valid_accuracy"]:
+            if column not in frame:
+                frame[column] = None
+        return frame
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -88,15 +88,19 @@ def _check_mixer_overrides(assignments, models, size) -> None:
 
 
 def run_cells(
-    cells: Sequence[Cell], store: ResultStore, on_done: Callable[[Cell, list[dict]], None] | None = None
+    cells: Sequence[Cell],
+    store: ResultStore,
+    on_done: Callable[[Cell, list[dict]], None] | None = None,
+    tensorboard: bool = False,
 ) -> tuple[int, int]:
-    """Run the cells that are not in the store yet. Returns (ran, skipped)."""
+    """Run the cells that are not in the store yet. Returns (ran, skipped).
+    With `tensorboard`, each cell logs its training curve under STORE/tensorboard/<cell id>/."""
     ran = skipped = 0
     for cell in cells:
         if store.has(cell.id):
             skipped += 1
             continue
-        rows, meta = run_cell(cell)
+        rows, meta = run_cell(cell, store.root / "tensorboard" / cell.id if tensorboard else None)
         store.write(cell.id, rows, dict(config=to_dict(cell), label=cell.label, **meta))
         ran += 1
         if on_done:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,26 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def require_tensorboard() -> None:
+    """Raise a one-line HarnessError when the tensorboard package is missing (logging is optional)."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        from harness.registry import HarnessError
+
+        raise HarnessError(
+            "TensorBoard logging needs the tensorboard package: pip install tensorboard (or run without --tensorboard)"
+        ) from None
+
+
+def tensorboard_writer(log_dir: Path):
+    """A TensorBoard SummaryWriter writing to `log_dir`."""
+    require_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(log_dir))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -80,9 +101,16 @@ def train(
     seed: int,
     device: torch.device,
     description: str = "",
+    log_dir: Path | None = None,
 ) -> TrainResult:
-    """Train in place; returns step count, tokens seen, divergence and the validation history."""
+    """Train in place; returns step count, tokens seen, divergence and the validation history.
+
+    Every `eval_every` steps the history gets one point: step, tokens, mean training loss since the last point,
+    validation loss and accuracy (means over slices) and the current lr. With `log_dir`, the same goes to TensorBoard.
+    """
     result = TrainResult()
+    writer = tensorboard_writer(log_dir) if log_dir is not None else None
+    loss_sum, loss_count = 0.0, 0
     start = time.perf_counter()
     model.to(device).train()
     optimizer = make_optimizer(model, config)
@@ -107,18 +135,32 @@ def train(
         schedule.step()
         result.steps = step
         result.tokens_seen += inputs.numel()
+        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
         bar.update(1)
         if step % config.eval_every == 0 or step == config.max_steps:
             metrics = evaluate(model, valid_slices, config, device)
-            accuracy = float(np.mean([m["accuracy"] for m in metrics.values()]))
-            result.history.append(
-                dict(step=step, tokens=result.tokens_seen, train_loss=loss.item(), valid_accuracy=accuracy)
+            point = dict(
+                step=step,
+                tokens=result.tokens_seen,
+                train_loss=loss_sum / loss_count,
+                valid_loss=float(np.nanmean([m["loss"] for m in metrics.values()])),
+                valid_accuracy=float(np.nanmean([m["accuracy"] for m in metrics.values()])),
+                current_lr=schedule.get_last_lr()[0],
             )
-            bar.set_postfix(loss=f"{loss.item():.3f}", valid_acc=f"{accuracy:.3f}")
+            result.history.append(point)
+            loss_sum, loss_count = 0.0, 0
+            if writer is not None:
+                for key in ("train_loss", "valid_loss", "valid_accuracy", "current_lr"):
+                    writer.add_scalar(key, point[key], step)
+                writer.flush()
+            accuracy = point["valid_accuracy"]
+            bar.set_postfix(loss=f"{point['train_loss']:.3f}", valid_acc=f"{accuracy:.3f}")
             model.train()
             if config.target_accuracy is not None and accuracy >= config.target_accuracy:
                 break
     bar.close()
+    if writer is not None:
+        writer.close()
     result.wall_s = time.perf_counter() - start
     return result
 

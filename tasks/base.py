@@ -58,6 +58,11 @@ class Task:
         words = self.vocabulary(config)
         return " ".join(words[i] for i in ids.tolist())
 
+    def setting_name(self, config: Any) -> str:
+        """What tells this config apart from others of the same task within one suite ('' if nothing needs to),
+        e.g. NIAH's 'variant=multi-key'; recorded as the `task_setting` column so reports keep them apart."""
+        return ""
+
     def chance_accuracy(self, config: Any, slice_name: str) -> float | None:
         """Token accuracy of guessing, for chance-corrected accuracy (acc - chance) / (1 - chance); None: not
         reported. State-tracking tasks define it."""

@@ -114,6 +114,9 @@ class NIAH(Task):
     Config = NIAHConfig
     version = "1"
 
+    def setting_name(self, config: NIAHConfig) -> str:
+        return f"variant={config.variant}"
+
     def validate(self, config: NIAHConfig) -> None:
         if config.variant not in NIAH_VARIANTS:
             raise HarnessError(
