@@ -9,14 +9,19 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")  # files only; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+from harness.report import task_label
 
-from harness.report import task_label  # noqa: E402
+# Figures are made with matplotlib.figure.Figure, not pyplot: no backend is chosen for the caller (a notebook's
+# inline plots keep working) and no global figure list grows.
+
+
+def _figure(rows: int, columns: int, width: float, height: float):
+    fig = Figure(figsize=(width, height))
+    return fig, fig.subplots(rows, columns, squeeze=False)
 
 
 def slice_value(slice_name: str, key: str) -> float | None:
@@ -34,7 +39,7 @@ def _panels(frame: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 def _grid(count: int, width: float = 4.2, height: float = 3.4):
     columns = min(count, 4)
     rows = -(-count // columns)
-    fig, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows), squeeze=False)
+    fig, axes = _figure(rows, columns, width * columns, height * rows)
     for ax in axes.flat[count:]:
         ax.set_visible(False)
     return fig, axes.flat
@@ -44,7 +49,6 @@ def _save(fig, path: Path) -> Path:
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
 
 
@@ -109,9 +113,7 @@ def needle_heatmaps(best: pd.DataFrame, path: Path, metric: str = "accuracy") ->
         return None
     panels = _panels(frame)
     models = sorted(frame["model"].unique())
-    fig, axes = plt.subplots(
-        len(panels), len(models), figsize=(3.6 * len(models) + 1, 3.0 * len(panels)), squeeze=False
-    )
+    fig, axes = _figure(len(panels), len(models), 3.6 * len(models) + 1, 3.0 * len(panels))
     for row, (name, panel) in enumerate(panels):
         for column, model in enumerate(models):
             ax = axes[row][column]
@@ -133,7 +135,6 @@ def needle_heatmaps(best: pd.DataFrame, path: Path, metric: str = "accuracy") ->
     fig.colorbar(image, ax=axes, shrink=0.8, label=f"{metric} (best lr)")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
     return path
 
 
@@ -144,7 +145,7 @@ def training_curves(curves: pd.DataFrame, path: Path) -> Path | None:
     if curves.empty:
         return None
     panels = _panels(curves)
-    fig, axes = plt.subplots(2, len(panels), figsize=(4.2 * len(panels), 6.4), squeeze=False)
+    fig, axes = _figure(2, len(panels), 4.2 * len(panels), 6.4)
     for column, (name, panel) in enumerate(panels):
         mean = panel.groupby(["model", "step"], as_index=False)[
             ["tokens", "train_loss", "valid_accuracy"]
