@@ -131,6 +131,43 @@ def report(
     typer.echo(write_report(rows, store, out / "report", suite or "all", metric, figures))
 
 
+@app.command()
+def regress(
+    baseline: Annotated[
+        Path, typer.Option(help="Committed baseline store (several seeds of one suite/scale).")
+    ] = Path("results/smoke-cpu"),
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where the rerun goes; default runs/regress/<UTC time>.")
+    ] = None,
+    models: Annotated[str | None, typer.Option("--models", "-m", help="Only these models.")] = None,
+    metrics: Annotated[str, typer.Option(help="Comma-separated metrics to compare.")] = "accuracy",
+    k: Annotated[float, typer.Option(help="Allowed drop in baseline seed standard deviations.")] = 3.0,
+    min_tolerance: Annotated[float, typer.Option(help="Allowed drop at least this (absolute).")] = 0.03,
+    device: Annotated[str, typer.Option(help="Device of the rerun (the baseline's is the CPU).")] = "cpu",
+) -> None:
+    """Rerun a baseline's cells and fail (exit 1) with a table when a metric drops beyond its tolerance."""
+    _load_plugins()
+    import time
+
+    from harness.regress import Tolerance
+    from harness.regress import regress as run_regress
+
+    out = out or Path("runs") / "regress" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    passed, text, table = run_regress(
+        baseline,
+        out,
+        _split(models) if models else None,
+        tuple(_split(metrics)),
+        Tolerance(k, min_tolerance),
+        device,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / "regress.csv", index=False)
+    typer.echo(f"{text}\n\ntable: {out / 'regress.csv'}")
+    if not passed:
+        raise typer.Exit(1)
+
+
 @app.command("list")
 def list_() -> None:
     """Show the registered mixers, model presets, sizes, tasks and suites."""

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), lint, then run the whole test suite on the CPU.
+# Set up (scripts/setup.sh), lint, run the whole test suite on the CPU, then the regression check of the smoke
+# suite against the committed baseline (results/smoke-cpu; it trains every smoke model once, a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -8,3 +9,4 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ruff check .
 ruff format --check .
 python -m pytest -q "$@"
+harness regress --baseline results/smoke-cpu --out "$(mktemp -d)/regress"
