@@ -33,6 +33,13 @@ import triton.language as tl
 from torch import Tensor
 
 SUB_CHUNK = 16  # BC: block of the per-channel pairwise decays and of the triangular solve
+# Tests set this: every buffer the launchers allocate starts as NaN, so that an element no kernel wrote shows.
+POISON = False
+
+
+def _empty(*shape, dtype, device) -> Tensor:
+    x = torch.empty(*shape, dtype=dtype, device=device)
+    return x.fill_(float("nan")) if POISON else x
 
 
 @triton.jit
@@ -160,7 +167,9 @@ def intra_kernel(
     b_gi = _load_gate(G, start + r_i, m_i, i_h, H, K, BK, GATE_CHANNEL)  # (BC, BK) | (BC, 1)
     if GATE_CHANNEL:
         if i_i > i_j:
-            b_r = _load_gate_row(G, start + tl.minimum(i_i * BC, valid - 1), i_h, H, K, BK, GATE_CHANNEL)  # (1, BK)
+            b_r = _load_gate_row(
+                G, start + tl.minimum(i_i * BC, valid - 1), i_h, H, K, BK, GATE_CHANNEL
+            )  # (1, BK)
             b_kj = _load_rows(k, start + r_j, m_j, i_h, H, K, BK).to(tl.float32)
             b_gj = _load_gate(G, start + r_j, m_j, i_h, H, K, BK, GATE_CHANNEL)
             b_kj = b_kj * _exp_le0(b_r - b_gj)
@@ -483,7 +492,9 @@ def local_bwd_kernel(
         tl.store(dAkk + p_A, b_dL * b_b[:, None], mask=m_t[:, None] & (o_t < C)[None, :])
         tl.store(dbeta + (start + o_t) * H + i_h, b_db, mask=m_t)
     p_A = ((start + o_t[:, None]) * H + i_h) * C + o_t[None, :]
-    tl.store(dAqk + p_A, tl.where(o_t[:, None] >= o_t[None, :], b_dA, 0.0), mask=m_t[:, None] & (o_t < C)[None, :])
+    tl.store(
+        dAqk + p_A, tl.where(o_t[:, None] >= o_t[None, :], b_dA, 0.0), mask=m_t[:, None] & (o_t < C)[None, :]
+    )
     _store_rows(dq, b_dq, start + o_t, m_t, i_h, H, K, BK)
     _store_rows(dk, b_dk, start + o_t, m_t, i_h, H, K, BK)
     # the state decay e^{G_C} and the keys' e^{G_C - G} depend on G at the chunk's last token
@@ -648,32 +659,32 @@ def chunk_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seq
     N, NC, chunk_indices, chunk_offsets = _chunk_tables(cu_seqlens, B, T, C)
     is_varlen = cu_seqlens is not None
     dev = q.device
-    G = torch.empty(g.shape, dtype=torch.float32, device=dev)
+    G = _empty(g.shape, dtype=torch.float32, device=dev)
     common = dict(H=H, K=K, C=C, BK=BK, GATE_CHANNEL=channel, IS_VARLEN=is_varlen)
     cumsum_kernel[(NC, H)](g, G, cu_seqlens, chunk_indices, T, **common)
-    Aqk = torch.empty(B, T, H, C, dtype=torch.float32, device=dev)
-    Akk = torch.empty_like(Aqk) if delta else None
+    Aqk = _empty(B, T, H, C, dtype=torch.float32, device=dev)
+    Akk = _empty(Aqk.shape, dtype=torch.float32, device=dev) if delta else None
     NS = C // BC
     intra_kernel[(NC, NS * (NS + 1) // 2, H)](
         q, k, G, Aqk, Akk, cu_seqlens, chunk_indices, scale, T, BC=BC, USE_DELTA=delta, **common
     )
     M = w = u = None
     if delta:
-        M = torch.empty_like(Aqk)
-        w = torch.empty_like(k)
-        u = torch.empty_like(v)
+        M = _empty(Aqk.shape, dtype=torch.float32, device=dev)
+        w = _empty(k.shape, dtype=k.dtype, device=dev)
+        u = _empty(v.shape, dtype=v.dtype, device=dev)
         solve_kernel[(NC, H)](
             k, v, beta, G, Akk, M, w, u, cu_seqlens, chunk_indices, T, V=V, BC=SUB_CHUNK, BV=BV, **common
         )
-    h = torch.empty(NC, H, K, V, dtype=q.dtype, device=dev)
-    vn = torch.empty_like(v) if delta else v
-    ht = torch.empty(N, H, K, V, dtype=torch.float32, device=dev) if output_final_state else None
+    h = _empty(NC, H, K, V, dtype=q.dtype, device=dev)
+    vn = _empty(v.shape, dtype=v.dtype, device=dev) if delta else v
+    ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if output_final_state else None
     state_kernel[(triton.cdiv(V, BV), N * H)](
         k, v, w, u, G, h, vn, initial_state, ht, cu_seqlens, chunk_offsets, T, V=V, BV=BV,
         USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=output_final_state,
         **common,
     )  # fmt: skip
-    o = torch.empty_like(v)
+    o = _empty(v.shape, dtype=v.dtype, device=dev)
     output_kernel[(triton.cdiv(V, BV), NC, H)](
         q, G, h, vn, Aqk, o, cu_seqlens, chunk_indices, scale, T, V=V, BV=BV, **common
     )
@@ -690,26 +701,26 @@ def chunk_bwd(q, k, v, beta, scale, initial_state, cu_seqlens, gate, delta, C, s
     dev = q.device
     common = dict(H=H, K=K, C=C, BK=BK, GATE_CHANNEL=channel, IS_VARLEN=cu_seqlens is not None)
     do = do.contiguous()
-    dh = torch.empty(NC, H, K, V, dtype=q.dtype, device=dev)
-    dvn = torch.empty(B, T, H, V, dtype=torch.float32, device=dev)
-    dh0 = torch.empty(N, H, K, V, dtype=torch.float32, device=dev) if initial_state is not None else None
+    dh = _empty(NC, H, K, V, dtype=q.dtype, device=dev)
+    dvn = _empty(B, T, H, V, dtype=torch.float32, device=dev)
+    dh0 = _empty(N, H, K, V, dtype=torch.float32, device=dev) if initial_state is not None else None
     state_bwd_kernel[(triton.cdiv(V, BV), N * H)](
         q, k, w, G, Aqk, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale, T, V=V, BV=BV,
         USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, HAS_FINAL_GRAD=dht is not None,
         **common,
     )  # fmt: skip
-    dq = torch.empty(B, T, H, K, dtype=torch.float32, device=dev)
-    dk = torch.empty_like(dq)
-    dv = torch.empty_like(v) if delta else dvn.to(v.dtype)
-    dG = torch.empty(G.shape, dtype=torch.float32, device=dev)
-    dbeta = torch.empty(B, T, H, dtype=torch.float32, device=dev) if delta else None
-    dAqk = torch.empty_like(Aqk)
-    dAkk = torch.empty_like(Aqk) if delta else None
+    dq = _empty(B, T, H, K, dtype=torch.float32, device=dev)
+    dk = _empty(B, T, H, K, dtype=torch.float32, device=dev)
+    dv = _empty(v.shape, dtype=v.dtype, device=dev) if delta else dvn.to(v.dtype)
+    dG = _empty(G.shape, dtype=torch.float32, device=dev)
+    dbeta = _empty(B, T, H, dtype=torch.float32, device=dev) if delta else None
+    dAqk = _empty(Aqk.shape, dtype=torch.float32, device=dev)
+    dAkk = _empty(Aqk.shape, dtype=torch.float32, device=dev) if delta else None
     local_bwd_kernel[(NC, H)](
         q, k, v, beta, G, Akk, M, w, u, h, vn, dh, dvn, do, dq, dk, dv, dG, dbeta, dAqk, dAkk,
         cu_seqlens, chunk_indices, scale, T, V=V, BV=BV, USE_DELTA=delta, **common,
     )  # fmt: skip
-    dg = torch.empty(G.shape, dtype=torch.float32, device=dev)
+    dg = _empty(G.shape, dtype=torch.float32, device=dev)
     intra_bwd_kernel[(NC, H)](
         q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, BC=BC, USE_DELTA=delta,
         **common,
