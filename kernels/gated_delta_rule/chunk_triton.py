@@ -186,7 +186,7 @@ def intra_kernel(
                 p_row = (row * H + i_h) * K + o_k
                 b_kj = tl.load(k + p_row, mask=m_rk, other=0.0).to(tl.float32)
                 b_gj = tl.load(G + p_row, mask=m_rk, other=0.0)
-                b_kd = b_kj[None, :] * _exp_le0(b_gi - b_gj[None, :])  # (BC, BK)
+                b_kd = b_kj[None, :] * tl.exp(tl.minimum(b_gi - b_gj[None, :], 0.0))  # (BC, BK)
                 b_qk = tl.where(o_c[None, :] == j, tl.sum(b_q * b_kd, axis=1)[:, None], b_qk)
                 if USE_DELTA:
                     b_kk = tl.where(o_c[None, :] == j, tl.sum(b_k * b_kd, axis=1)[:, None], b_kk)
@@ -588,16 +588,16 @@ def intra_bwd_kernel(
                 b_gj = tl.load(G + p_row, mask=m_rk, other=0.0)[None, :]
                 # token j as the column: rows i >= j of this block
                 b_col = tl.sum(tl.where(o_c[None, :] == j, b_da, 0.0), axis=1)[:, None]  # dA[:, j]
-                b_dq += b_col * b_kj * _exp_le0(b_gs - b_gj)
+                b_dq += b_col * b_kj * tl.exp(tl.minimum(b_gs - b_gj, 0.0))
                 # token j as the row: columns i <= j of this block
                 b_row = tl.sum(tl.where(o_c[:, None] == j, b_da, 0.0), axis=0)[:, None]  # dA[j, :]
                 b_acc = b_row * b_qj
                 if USE_DELTA:
                     b_colk = tl.sum(tl.where(o_c[None, :] == j, b_db, 0.0), axis=1)[:, None]
-                    b_dkr += b_colk * b_kj * _exp_le0(b_gs - b_gj)
+                    b_dkr += b_colk * b_kj * tl.exp(tl.minimum(b_gs - b_gj, 0.0))
                     b_rowk = tl.sum(tl.where(o_c[:, None] == j, b_db, 0.0), axis=0)[:, None]
                     b_acc += b_rowk * b_kj
-                b_dkc += b_acc * _exp_le0(b_gj - b_gs)
+                b_dkc += b_acc * tl.exp(tl.minimum(b_gj - b_gs, 0.0))
         else:
             b_d = _exp_le0(b_gs - tl.trans(b_gs))
             b_dq += tl.dot(b_da * b_d, b_ks)

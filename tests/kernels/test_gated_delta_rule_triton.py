@@ -57,10 +57,11 @@ def assert_close(triton_result, ref_result, tol):
 
 @pytest.mark.parametrize("gate,delta", FAMILY)
 @pytest.mark.parametrize(
-    "T,chunk_size,dtype", [(37, 16, torch.float32), (45, 32, torch.float32), (21, 16, torch.float16)]
+    "T,H,chunk_size,dtype",
+    [(37, 2, 16, torch.float32), (45, 1, 32, torch.float32), (21, 1, 16, torch.float16)],
 )
-def test_triton_equals_recurrence_with_gradients(gate, delta, T, chunk_size, dtype):
-    inputs = lowered(make_inputs(1, T, 2, 16, 24, gate, delta, seed=T), dtype)
+def test_triton_equals_recurrence_with_gradients(gate, delta, T, H, chunk_size, dtype):
+    inputs = lowered(make_inputs(1, T, H, 16, 24, gate, delta, seed=T), dtype)
     ref = run_with_grads(gated_delta_rule_ref, inputs, gate, delta)
     # the chunked kernels, also for short T: gradients are needed, so no decode path
     tri = run_with_grads(gated_delta_rule, inputs, gate, delta, impl="triton", chunk_size=chunk_size)
@@ -70,10 +71,10 @@ def test_triton_equals_recurrence_with_gradients(gate, delta, T, chunk_size, dty
 
 @pytest.mark.parametrize("gate,delta", FAMILY)
 def test_triton_varlen_batch_equals_sequences_one_by_one(gate, delta):
-    lengths = [5, 19, 1, 16]
+    lengths = [5, 19, 1]
     cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
     packed = lowered(
-        make_inputs(1, sum(lengths), 2, 16, 24, gate, delta, seed=5, states=len(lengths)), torch.float32
+        make_inputs(1, sum(lengths), 1, 16, 24, gate, delta, seed=5, states=len(lengths)), torch.float32
     )
     tri = run_with_grads(
         gated_delta_rule, packed, gate, delta, impl="triton", cu_seqlens=cu_seqlens, chunk_size=16
@@ -100,7 +101,7 @@ def test_decode_steps_through_the_recurrent_kernel_continue_a_prefill(gate, delt
     """Prefill 20 tokens, then decode 1 and 3 tokens at a time from the cached state: same as one pass."""
     inputs = {
         n: None if x is None else x.detach().float()
-        for n, x in make_inputs(2, 24, 2, 16, 24, gate, delta).items()
+        for n, x in make_inputs(2, 24, 1, 16, 24, gate, delta).items()
     }
     o_full, s_full = gated_delta_rule_ref(**inputs, gate=gate, delta=delta, output_final_state=True)
     pieces, state = [], inputs["initial_state"]
