@@ -642,6 +642,10 @@ def _chunk_tables(cu_seqlens: Tensor | None, B: int, T: int, C: int):
     return len(counts), total, chunk_indices, offsets.to(torch.int32).contiguous()
 
 
+# Launch settings for every kernel but the cumsum: 8 warps keep the (C, K) tiles in registers (4 spill).
+HEAVY = dict(num_warps=8, num_stages=2)
+
+
 def _block_v(V: int) -> int:
     return min(64, max(16, triton.next_power_of_2(V)))
 
@@ -666,7 +670,7 @@ def chunk_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seq
     Akk = _empty(Aqk.shape, dtype=torch.float32, device=dev) if delta else None
     NS = C // BC
     intra_kernel[(NC, NS * (NS + 1) // 2, H)](
-        q, k, G, Aqk, Akk, cu_seqlens, chunk_indices, scale, T, BC=BC, USE_DELTA=delta, **common
+        q, k, G, Aqk, Akk, cu_seqlens, chunk_indices, scale, T, BC=BC, USE_DELTA=delta, **common, **HEAVY
     )
     M = w = u = None
     if delta:
@@ -674,19 +678,36 @@ def chunk_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seq
         w = _empty(k.shape, dtype=k.dtype, device=dev)
         u = _empty(v.shape, dtype=v.dtype, device=dev)
         solve_kernel[(NC, H)](
-            k, v, beta, G, Akk, M, w, u, cu_seqlens, chunk_indices, T, V=V, BC=SUB_CHUNK, BV=BV, **common
+            k,
+            v,
+            beta,
+            G,
+            Akk,
+            M,
+            w,
+            u,
+            cu_seqlens,
+            chunk_indices,
+            T,
+            V=V,
+            BC=SUB_CHUNK,
+            BV=BV,
+            **common,
+            **HEAVY,
         )
     h = _empty(NC, H, K, V, dtype=q.dtype, device=dev)
     vn = _empty(v.shape, dtype=v.dtype, device=dev) if delta else v
     ht = _empty(N, H, K, V, dtype=torch.float32, device=dev) if output_final_state else None
-    state_kernel[(triton.cdiv(V, BV), N * H)](
-        k, v, w, u, G, h, vn, initial_state, ht, cu_seqlens, chunk_offsets, T, V=V, BV=BV,
+    # the sequential kernels get narrower V-blocks: more programs in flight when B * H is small
+    BVS = min(BV, 32)
+    state_kernel[(triton.cdiv(V, BVS), N * H)](
+        k, v, w, u, G, h, vn, initial_state, ht, cu_seqlens, chunk_offsets, T, V=V, BV=BVS,
         USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=output_final_state,
-        **common,
+        **common, **HEAVY,
     )  # fmt: skip
     o = _empty(v.shape, dtype=v.dtype, device=dev)
     output_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, G, h, vn, Aqk, o, cu_seqlens, chunk_indices, scale, T, V=V, BV=BV, **common
+        q, G, h, vn, Aqk, o, cu_seqlens, chunk_indices, scale, T, V=V, BV=BV, **common, **HEAVY
     )
     return o, ht, (G, Aqk, Akk, M, w, u, h, vn)
 
@@ -704,10 +725,11 @@ def chunk_bwd(q, k, v, beta, scale, initial_state, cu_seqlens, gate, delta, C, s
     dh = _empty(NC, H, K, V, dtype=q.dtype, device=dev)
     dvn = _empty(B, T, H, V, dtype=torch.float32, device=dev)
     dh0 = _empty(N, H, K, V, dtype=torch.float32, device=dev) if initial_state is not None else None
-    state_bwd_kernel[(triton.cdiv(V, BV), N * H)](
-        q, k, w, G, Aqk, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale, T, V=V, BV=BV,
+    BVS = min(BV, 32)
+    state_bwd_kernel[(triton.cdiv(V, BVS), N * H)](
+        q, k, w, G, Aqk, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale, T, V=V, BV=BVS,
         USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, HAS_FINAL_GRAD=dht is not None,
-        **common,
+        **common, **HEAVY,
     )  # fmt: skip
     dq = _empty(B, T, H, K, dtype=torch.float32, device=dev)
     dk = _empty(B, T, H, K, dtype=torch.float32, device=dev)
@@ -718,12 +740,12 @@ def chunk_bwd(q, k, v, beta, scale, initial_state, cu_seqlens, gate, delta, C, s
     dAkk = _empty(Aqk.shape, dtype=torch.float32, device=dev) if delta else None
     local_bwd_kernel[(NC, H)](
         q, k, v, beta, G, Akk, M, w, u, h, vn, dh, dvn, do, dq, dk, dv, dG, dbeta, dAqk, dAkk,
-        cu_seqlens, chunk_indices, scale, T, V=V, BV=BV, USE_DELTA=delta, **common,
+        cu_seqlens, chunk_indices, scale, T, V=V, BV=BV, USE_DELTA=delta, **common, **HEAVY,
     )  # fmt: skip
     dg = _empty(G.shape, dtype=torch.float32, device=dev)
     intra_bwd_kernel[(NC, H)](
         q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, BC=BC, USE_DELTA=delta,
-        **common,
+        **common, **HEAVY,
     )  # fmt: skip
     dbeta = None if dbeta is None else dbeta.to(beta.dtype)
     if dh0 is not None:
