@@ -170,7 +170,9 @@ app.add_typer(bench_app, name="bench")
 def bench_kernels(
     out: OutOption = Path("results/kernels"),
     ops: Annotated[str, typer.Option(help="Comma-separated ops: kda, gdn, ssd.")] = "kda,gdn,ssd",
-    torch_path: Annotated[bool, typer.Option(help="Also time the chunked PyTorch path.")] = True,
+    torch_path: Annotated[
+        bool, typer.Option(help="Also time the chunked PyTorch path (first shape only).")
+    ] = True,
 ) -> None:
     """Time the gated-delta-rule kernels against the PyTorch path, SDPA and fla; write a table under OUT."""
     import torch

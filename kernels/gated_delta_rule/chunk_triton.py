@@ -520,7 +520,7 @@ def intra_bwd_kernel(
     if GATE_CHANNEL:
         b_carry = tl.zeros([1, BK], dtype=tl.float32)
     else:
-        b_carry = tl.zeros([1, 1], dtype=tl.float32)
+        b_carry = tl.zeros([1], dtype=tl.float32)
     for i_r in range(0, NS):
         i_s = NS - 1 - i_r
         r_s = i_s * BC + o_c
@@ -611,18 +611,19 @@ def intra_bwd_kernel(
         _store_rows(dq, b_dqt * scale, start + r_s, m_s, i_h, H, K, BK)
         _store_rows(dk, b_dkt, start + r_s, m_s, i_h, H, K, BK)
         b_dgs = b_qs * b_dq + b_ks * (b_dkr - b_dkc)
+        # dg_s = sum over later tokens of the chunk of dG
         if GATE_CHANNEL:
             b_dgs += _load_rows(dG, start + r_s, m_s, i_h, H, K, BK)
-        else:
-            b_dgs = tl.sum(b_dgs, axis=1)[:, None]
-            b_dgs += tl.load(dG + (start + r_s) * H + i_h, mask=m_s, other=0.0)[:, None]
-        # dg_s = sum over later tokens of the chunk of dG
-        b_rev = tl.sum(b_dgs, axis=0)[None, :] - tl.cumsum(b_dgs, axis=0) + b_dgs + b_carry
-        b_carry += tl.sum(b_dgs, axis=0)[None, :]
-        if GATE_CHANNEL:
+            b_rev = tl.sum(b_dgs, axis=0)[None, :] - tl.cumsum(b_dgs, axis=0) + b_dgs + b_carry
+            b_carry += tl.sum(b_dgs, axis=0)[None, :]
             _store_rows(dg, b_rev, start + r_s, m_s, i_h, H, K, BK)
         else:
-            tl.store(dg + (start + r_s) * H + i_h, tl.sum(b_rev, axis=1), mask=m_s)
+            # a masked sum, not tl.cumsum: Triton 3.6 (with assertions) fails to lower the scan of a (BC, 1) tile
+            # at 8 warps, more threads than elements
+            b_d1 = tl.sum(b_dgs, axis=1) + tl.load(dG + (start + r_s) * H + i_h, mask=m_s, other=0.0)
+            b_rev = tl.sum(tl.where(o_c[None, :] >= o_c[:, None], b_d1[None, :], 0.0), axis=1) + b_carry
+            b_carry += tl.sum(b_d1, axis=0)
+            tl.store(dg + (start + r_s) * H + i_h, b_rev, mask=m_s)
 
 
 # --------------------------------------------------------------------------------------------- launchers
