@@ -3,6 +3,7 @@
     harness run --models kda,gdn,mamba2,mla --suite smoke
     harness report --out runs
     harness list
+    harness bench kernels --out results/kernels-h100
 
 Errors in what the user typed (unknown names, malformed --set, impossible settings) print one line and exit 2;
 nothing is written to the results store in that case.
@@ -197,6 +198,29 @@ def list_() -> None:
     typer.echo("suites:")
     for name, suite in SUITES.items():
         typer.echo(f"  {name:<18} scales: {', '.join(suite.scales)} — {suite.description}")
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that need a CUDA device.")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("kernels")
+def bench_kernels(
+    out: OutOption = Path("results/kernels"),
+    ops: Annotated[str, typer.Option(help="Comma-separated ops: kda, gdn, ssd.")] = "kda,gdn,ssd",
+    torch_path: Annotated[
+        bool, typer.Option(help="Also time the chunked PyTorch path (first shape only).")
+    ] = True,
+) -> None:
+    """Time the gated-delta-rule kernels against the PyTorch path, SDPA and fla; write a table under OUT."""
+    import torch
+
+    if not torch.cuda.is_available():
+        raise HarnessError("`harness bench kernels` needs a CUDA device; none is visible")
+    from harness.bench import bench_kernels as run
+
+    rows = run(out, ops=_split(ops), torch_path=torch_path)
+    typer.echo(f"\n{len(rows)} rows; table, CSV and JSON under {out}/")
 
 
 def main() -> None:

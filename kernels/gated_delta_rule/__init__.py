@@ -10,12 +10,16 @@ One function serves four mixers through two switches:
 | GLA            | "channel" | False |
 
 Implementations: "torch" (chunked PyTorch, `chunk_torch.py`, runs anywhere), "reference" (the token-by-token
-recurrence, `ref.py`, slow; the specification) and "triton" (fused GPU kernels, not in this build yet).
-"auto" picks the fastest one available for the input's device; `resolve_impl` tells which, so that results can
-record it. Nothing switches silently.
+recurrence, `ref.py`, slow; the specification) and "triton" (fused GPU kernels: `chunk_triton.py` for whole
+sequences, forward and backward, and `recurrent_triton.py` for decoding a few tokens against a cached state).
+"auto" is "triton" on CUDA tensors when Triton imports, else "torch"; `resolve_impl` tells which, so that results
+can record it. Nothing switches silently: "triton" on CPU tensors runs only under TRITON_INTERPRET=1 (tests).
 """
 
 from __future__ import annotations
+
+import importlib.util
+import os
 
 import torch
 from torch import Tensor
@@ -25,6 +29,9 @@ from .ref import gated_delta_rule_ref
 
 IMPLS = ("auto", "torch", "triton", "reference")
 GATES = ("scalar", "channel")
+# With impl="triton", calls of at most this many tokens that need no gradient (decoding against a cached
+# state) take the recurrent kernel: one launch, every input read once.
+DECODE_MAX_TOKENS = 16
 
 __all__ = [
     "gated_delta_rule",
@@ -32,19 +39,30 @@ __all__ = [
     "chunk_gated_delta_rule_torch",
     "resolve_impl",
     "IMPLS",
+    "DECODE_MAX_TOKENS",
 ]
+
+
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 def resolve_impl(impl: str, device: torch.device | str) -> str:
     """The implementation that `impl` stands for on `device` ("auto" resolved)."""
     if impl not in IMPLS:
         raise ValueError(f"unknown kernel impl '{impl}'; expected one of {', '.join(IMPLS)}")
+    on_cuda = torch.device(device).type == "cuda"
+    if impl == "auto":
+        return "triton" if on_cuda and _triton_available() else "torch"
     if impl == "triton":
-        raise NotImplementedError(
-            "the Triton kernels of the gated delta rule are not in this build yet; use impl='torch' or 'auto'"
-        )
-    # Until the Triton kernels land, the chunked PyTorch path is the fastest one on every device.
-    return "torch" if impl == "auto" else impl
+        if not _triton_available():
+            raise ValueError("impl='triton' needs the triton package; install it or use impl='torch'")
+        if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError(
+                f"impl='triton' needs CUDA tensors (got {device}); use impl='torch' or 'auto', "
+                "or set TRITON_INTERPRET=1 to run the kernels in Triton's (slow) interpreter"
+            )
+    return impl
 
 
 def gated_delta_rule(
@@ -74,8 +92,9 @@ def gated_delta_rule(
         initial_state: (N, H, K, V) state before the first token; N = B, or the number of sequences with cu_seqlens.
         output_final_state: also return the (N, H, K, V) float32 state after the last token.
         cu_seqlens: (N + 1,) int offsets of N sequences packed into one row (B must be 1).
-        impl: "auto", "torch", "triton" or "reference".
-        chunk_size: tokens per chunk of the chunked implementations.
+        impl: "auto", "torch", "triton" or "reference" (see `resolve_impl`). With "triton", a call of at most
+            DECODE_MAX_TOKENS tokens that needs no gradient runs the recurrent kernel, otherwise the chunked ones.
+        chunk_size: tokens per chunk of the chunked implementations (16, 32 or 64 for "triton").
     Returns:
         (o, final_state): o (B, T, H, V) in v's dtype; final_state or None.
     """
@@ -91,7 +110,18 @@ def gated_delta_rule(
     impl = resolve_impl(impl, q.device)
     if impl == "reference":
         return gated_delta_rule_ref(q, k, v, g, beta, dtype=torch.float32, **kwargs)
-    return chunk_gated_delta_rule_torch(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
+    if impl == "torch":
+        return chunk_gated_delta_rule_torch(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
+    needs_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, g, beta, initial_state)
+    )
+    if q.shape[1] <= DECODE_MAX_TOKENS and not needs_grad:
+        from .recurrent_triton import recurrent_gated_delta_rule_triton
+
+        return recurrent_gated_delta_rule_triton(q, k, v, g, beta, **kwargs)
+    from .chunk_triton import chunk_gated_delta_rule_triton
+
+    return chunk_gated_delta_rule_triton(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
 
 
 def _check_inputs(q, k, v, g, beta, gate, delta, initial_state, cu_seqlens) -> None:

@@ -1,0 +1,136 @@
+"""The Triton kernels in Triton's interpreter (CPU, CI) against the float64 token-by-token recurrence.
+
+Small odd shapes keep the interpreter fast; chunk sizes 16 and 32 cover one and two 16-token blocks per chunk
+(the per-channel gate's exact diagonal blocks and its relative-decay off-diagonal blocks). Every buffer the
+launchers allocate starts as NaN. On a machine with CUDA these are skipped: the gpu tests cover the kernels there.
+"""
+
+import os
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # must be set before the kernels' module is imported (triton.jit reads it then); the op imports it lazily
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from kernels.gated_delta_rule import DECODE_MAX_TOKENS, gated_delta_rule, gated_delta_rule_ref, resolve_impl
+
+from .test_gated_delta_rule import FAMILY, make_inputs, rel_rms, run_with_grads
+
+pytestmark = pytest.mark.skipif(
+    torch.cuda.is_available(), reason="interpreter tests; the gpu tests run on CUDA"
+)
+
+# Relative RMS error against float64, by input dtype (state and gates are float32 either way).
+TOLERANCE = {torch.float32: 2e-5, torch.float16: 5e-3}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_buffers(monkeypatch):
+    from kernels.gated_delta_rule import chunk_triton
+
+    monkeypatch.setattr(chunk_triton, "POISON", True)
+
+
+def lowered(inputs, dtype):
+    """The same inputs with q, k, v in `dtype` (gates, beta and the state stay float32), fresh leaves."""
+    out = {}
+    for name, x in inputs.items():
+        if x is not None:
+            x = x.detach().to(dtype if name in ("q", "k", "v") else torch.float32).requires_grad_(True)
+        out[name] = x
+    return out
+
+
+def assert_close(triton_result, ref_result, tol):
+    o, s, grads = triton_result
+    o_ref, s_ref, g_ref = ref_result
+    assert torch.isfinite(o).all() and torch.isfinite(s).all()
+    assert rel_rms(o, o_ref) < tol, "output"
+    assert rel_rms(s, s_ref) < tol, "final state"
+    assert set(grads) == set(g_ref)
+    for name, grad in grads.items():
+        assert torch.isfinite(grad).all(), name
+        assert rel_rms(grad, g_ref[name]) < tol, name
+
+
+@pytest.mark.parametrize("gate,delta", FAMILY)
+@pytest.mark.parametrize(
+    "T,H,chunk_size,dtype",
+    [(37, 2, 16, torch.float32), (45, 1, 32, torch.float32), (21, 1, 16, torch.float16)],
+)
+def test_triton_equals_recurrence_with_gradients(gate, delta, T, H, chunk_size, dtype):
+    inputs = lowered(make_inputs(1, T, H, 16, 24, gate, delta, seed=T), dtype)
+    ref = run_with_grads(gated_delta_rule_ref, inputs, gate, delta)
+    # the chunked kernels, also for short T: gradients are needed, so no decode path
+    tri = run_with_grads(gated_delta_rule, inputs, gate, delta, impl="triton", chunk_size=chunk_size)
+    assert tri[0].dtype == dtype and tri[1].dtype == torch.float32
+    assert_close(tri, ref, TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("gate,delta", FAMILY)
+def test_triton_varlen_batch_equals_sequences_one_by_one(gate, delta):
+    lengths = [5, 19, 1]
+    cu_seqlens = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
+    packed = lowered(
+        make_inputs(1, sum(lengths), 1, 16, 24, gate, delta, seed=5, states=len(lengths)), torch.float32
+    )
+    tri = run_with_grads(
+        gated_delta_rule, packed, gate, delta, impl="triton", cu_seqlens=cu_seqlens, chunk_size=16
+    )
+    ref = run_with_grads(gated_delta_rule_ref, packed, gate, delta, cu_seqlens=cu_seqlens)
+    assert_close(tri, ref, TOLERANCE[torch.float32])
+    with torch.no_grad():
+        for n, (start, end) in enumerate(zip(cu_seqlens[:-1].tolist(), cu_seqlens[1:].tolist(), strict=True)):
+            one = {
+                name: (x[n : n + 1] if name == "initial_state" else x[:, start:end])
+                if x is not None
+                else None
+                for name, x in packed.items()
+            }
+            o, s = gated_delta_rule(
+                **one, gate=gate, delta=delta, output_final_state=True, impl="triton", chunk_size=16
+            )
+            assert rel_rms(tri[0][:, start:end], o) < 1e-6
+            assert rel_rms(tri[1][n : n + 1], s) < 1e-6
+
+
+@pytest.mark.parametrize("gate,delta", FAMILY)
+def test_decode_steps_through_the_recurrent_kernel_continue_a_prefill(gate, delta):
+    """Prefill 20 tokens, then decode 1 and 3 tokens at a time from the cached state: same as one pass."""
+    inputs = {
+        n: None if x is None else x.detach().float()
+        for n, x in make_inputs(2, 24, 1, 16, 24, gate, delta).items()
+    }
+    o_full, s_full = gated_delta_rule_ref(**inputs, gate=gate, delta=delta, output_final_state=True)
+    pieces, state = [], inputs["initial_state"]
+    for start, end in [(0, 20), (20, 21), (21, 24)]:
+        step = {n: x[:, start:end] for n, x in inputs.items() if x is not None and n != "initial_state"}
+        with torch.no_grad():
+            o, state = gated_delta_rule(
+                **step, initial_state=state, gate=gate, delta=delta, output_final_state=True, impl="triton"
+            )
+        pieces.append(o)
+    assert end - start <= DECODE_MAX_TOKENS
+    assert rel_rms(torch.cat(pieces, dim=1), o_full) < TOLERANCE[torch.float32]
+    assert rel_rms(state, s_full) < TOLERANCE[torch.float32]
+
+
+def test_strong_channel_decay_does_not_overflow():
+    inputs = lowered(make_inputs(1, 40, 1, 16, 16, "channel", True, seed=6), torch.float32)
+    g = torch.full_like(inputs["g"], -30.0, requires_grad=True)  # 1 / exp(cumsum) overflows within 3 tokens
+    o, s, grads = run_with_grads(
+        gated_delta_rule, dict(inputs, g=g), "channel", True, impl="triton", chunk_size=32
+    )
+    assert torch.isfinite(o).all() and torch.isfinite(s).all()
+    assert all(torch.isfinite(x).all() for x in grads.values())
+
+
+def test_auto_resolves_by_device_and_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    assert resolve_impl("auto", "cpu") == "torch"
+    assert resolve_impl("auto", "cuda") == "triton"
+    assert resolve_impl("triton", "cpu") == "triton"  # TRITON_INTERPRET=1 here
+    monkeypatch.delenv("TRITON_INTERPRET")
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        resolve_impl("triton", "cpu")
