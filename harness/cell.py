@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from harness.checkpoint import save_checkpoint
 from harness.config import config_hash
 from harness.data import task_data
 from harness.provenance import device_name, git_state, library_versions
@@ -48,9 +49,14 @@ class Cell:
         return f"{self.model_name} · {self.task_name} · lr={self.train.lr:g} · seed={self.seed}"
 
 
-def run_cell(cell: Cell, log_dir: Path | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_cell(
+    cell: Cell, checkpoint_dir: Path | None = None, log_dir: Path | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train and evaluate one cell. Returns (result rows, extra metadata such as the training history).
     With `log_dir`, the training curve also goes to TensorBoard there.
+
+    With `checkpoint_dir`, the trained model is also saved there as a transformers checkpoint with its tokenizer
+    and its test slices as lm-eval tasks (harness/checkpoint.py).
 
     Failures are data: a non-finite loss gives status 'diverged', CUDA running out of memory 'oom', any other
     exception 'failed' with its message; the caller writes these rows like any other.
@@ -78,10 +84,13 @@ def run_cell(cell: Cell, log_dir: Path | None = None) -> tuple[list[dict[str, An
         if chance is not None:
             metrics[piece.name]["chance"] = chance
             metrics[piece.name]["scaled_accuracy"] = (metrics[piece.name]["accuracy"] - chance) / (1 - chance)
+    meta = {"history": outcome.history, "train_wall_s": outcome.wall_s}
+    if checkpoint_dir is not None:
+        meta["checkpoint"] = str(save_checkpoint(model, cell, test_slices, checkpoint_dir, outcome, metrics))
     rows = _metric_rows(base, metrics, outcome, status, model, test_slices)
     for row in rows:
         row["wall_s"] = round(time.perf_counter() - start, 3)
-    return rows, {"history": outcome.history, "train_wall_s": outcome.wall_s}
+    return rows, meta
 
 
 def drop_seen(test: list[Slice], train_slices: list[Slice]) -> list[Slice]:
@@ -104,6 +113,7 @@ def _base_row(cell: Cell) -> dict[str, Any]:
         task=cell.task_name,
         task_version=task_cls.version,
         task_setting=task_cls().setting_name(cell.task),
+        num_fewshot=0,
         seed=cell.seed,
         model=cell.model_name,
         preset=cell.size,

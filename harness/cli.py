@@ -1,9 +1,11 @@
 """The `harness` command line: run, report, list.
 
-    harness run --models kda,gdn,mamba2,mla --suite smoke
+    harness run --models kda,gdn,mamba2,mla --suite smoke [--save-checkpoints]
     harness report --out runs
     harness list
     harness bench kernels --out results/kernels-h100
+    harness eval --checkpoint runs/checkpoints/<cell id> --tasks harness_mqar     (lm-eval, in process)
+    harness export-tasks --suite recall --out lm_eval_tasks                       (synthetic tasks for lm-eval)
 
 Errors in what the user typed (unknown names, malformed --set, impossible settings) print one line and exit 2;
 nothing is written to the results store in that case.
@@ -65,6 +67,13 @@ def run(
             "--tensorboard", help="Also log training curves to OUT/tensorboard/ (needs tensorboard)."
         ),
     ] = False,
+    save_checkpoints: Annotated[
+        bool,
+        typer.Option(
+            "--save-checkpoints",
+            help="Save each trained model as a transformers checkpoint under OUT/checkpoints/<cell id>/.",
+        ),
+    ] = False,
 ) -> None:
     """Train and evaluate every model on every cell of a suite; print the results table."""
     _load_plugins()
@@ -87,7 +96,8 @@ def run(
         from harness.train import require_tensorboard
 
         require_tensorboard()  # fail now with one line, not inside every cell
-    ran, skipped = run_cells(cells, store, tensorboard=tensorboard)
+    checkpoints = out / "checkpoints" if save_checkpoints else None
+    ran, skipped = run_cells(cells, store, checkpoints=checkpoints, tensorboard=tensorboard)
     typer.echo(f"\n{ran} cell(s) run, {skipped} already in {out}/ and skipped.\n")
     rows = store.read()
     rows = rows[rows["run_id"].isin({cell.id for cell in cells})]
@@ -167,6 +177,56 @@ def regress(
     typer.echo(f"{text}\n\ntable: {out / 'regress.csv'}")
     if not passed:
         raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="A transformers checkpoint directory.")],
+    tasks: Annotated[str, typer.Option("--tasks", help="Comma-separated lm-eval tasks, e.g. harness_mqar.")],
+    out: OutOption = Path("runs"),
+    include_path: Annotated[
+        list[Path] | None, typer.Option("--include-path", help="Folder of extra lm-eval task YAMLs.")
+    ] = None,
+    num_fewshot: Annotated[
+        int | None, typer.Option(help="Few-shot examples (lm-eval's default if unset).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(help="At most this many documents per task.")] = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size of lm-eval's requests.")] = 32,
+    device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Score a checkpoint with lm-eval (in process, offline) and append the rows to the results store."""
+    from harness.lm_eval_bridge import evaluate_checkpoint
+    from harness.results import ResultStore
+
+    _load_plugins()
+    store = ResultStore(out)
+    run_id, rows = evaluate_checkpoint(
+        checkpoint, _split(tasks), store, include_path or [], num_fewshot, limit, batch_size, device
+    )
+    if not rows:
+        typer.echo(f"already in {out}/ (run {run_id}); nothing to do")
+        rows = store.read().query("run_id == @run_id").to_dict("records")
+    for row in rows:
+        stderr = "" if row["stderr"] is None else f" ± {row['stderr']:.4f}"
+        slice_ = f" [{row['slice']}]" if row.get("slice") else ""
+        typer.echo(f"{row['task']}{slice_}  {row['metric']} = {row['value']:.4f}{stderr}  (n={row['n']})")
+    typer.echo(f"\n{len(rows)} row(s) in {out}/cells/{run_id}.jsonl")
+
+
+@app.command("export-tasks")
+def export_tasks(
+    suite: Annotated[str, typer.Option("--suite", "-s", help="Export every task of this suite.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for the lm-eval task YAML and JSONL files.")],
+    scale: Annotated[str | None, typer.Option(help="Suite scale; default: the suite's first.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the test data (as in `harness run`).")] = 0,
+) -> None:
+    """Write a suite's synthetic tasks as lm-eval tasks over local files (use with --include_path)."""
+    _load_plugins()
+    from harness.lm_eval_tasks import export_suite
+
+    for group, config in export_suite(suite, scale, out, seed).items():
+        typer.echo(f"{group:<28} {config}")
+    typer.echo(f"\nlm-eval tasks written to {out}/ (pass --include_path {out})")
 
 
 @app.command("list")

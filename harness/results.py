@@ -22,7 +22,8 @@ import pandas as pd
 from harness.registry import HarnessError
 
 COLUMNS = [
-    "run_id", "suite", "scale", "task", "task_version", "task_setting", "slice", "metric", "value", "higher_is_better", "n",
+    "run_id", "suite", "scale", "task", "task_version", "task_setting", "num_fewshot", "slice", "metric", "value",
+    "higher_is_better", "n",
     "stderr", "seed", "model", "preset", "layers", "params", "non_embedding_params", "state_size", "lr", "steps",
     "tokens_seen", "kernel_impl", "dtype", "device", "git_commit", "git_dirty", "torch", "triton", "wall_s",
     "status", "error",

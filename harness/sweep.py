@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from harness.cell import Cell, run_cell
 from harness.config import apply_override, parse_assignment, to_dict
@@ -91,16 +92,22 @@ def run_cells(
     cells: Sequence[Cell],
     store: ResultStore,
     on_done: Callable[[Cell, list[dict]], None] | None = None,
+    checkpoints: Path | None = None,
     tensorboard: bool = False,
 ) -> tuple[int, int]:
-    """Run the cells that are not in the store yet. Returns (ran, skipped).
-    With `tensorboard`, each cell logs its training curve under STORE/tensorboard/<cell id>/."""
+    """Run the cells that are not in the store yet. Returns (ran, skipped). With `checkpoints`, each cell run
+    saves its trained model to checkpoints/<cell id>/ (cells skipped save nothing); with `tensorboard`, each cell
+    logs its training curve under STORE/tensorboard/<cell id>/."""
     ran = skipped = 0
     for cell in cells:
         if store.has(cell.id):
             skipped += 1
             continue
-        rows, meta = run_cell(cell, store.root / "tensorboard" / cell.id if tensorboard else None)
+        rows, meta = run_cell(
+            cell,
+            checkpoint_dir=None if checkpoints is None else checkpoints / cell.id,
+            log_dir=store.root / "tensorboard" / cell.id if tensorboard else None,
+        )
         store.write(cell.id, rows, dict(config=to_dict(cell), label=cell.label, **meta))
         ran += 1
         if on_done:

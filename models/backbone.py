@@ -4,6 +4,10 @@
 
 A mixer is any registered `Mixer` subclass; the backbone never branches on a mixer's name. A mixer whose
 config has `block_mlp = False` gets a block without the MLP (Mamba2 as in its paper).
+
+Decoding: `LanguageModel.forward(ids, cache=ModelCache(...), attention_mask=...)` runs a prompt and then one token
+at a time, each mixer keeping what it needs in its layer's dict of the cache. Without a cache and a mask the
+forward is the training path, unchanged.
 """
 
 from __future__ import annotations
@@ -25,6 +29,11 @@ class Mixer(nn.Module):
 
     Subclasses set `Config` (a frozen dataclass with a `from_size` classmethod), are registered with
     `@MIXERS.register(name)` and take `(d_model, config, kernel_impl)` in their constructor.
+
+    `forward(x, state=None, attention_mask=None)`: `state` is this layer's dict of the decoding cache (None when
+    training): the mixer continues from what it holds and updates it in place. `attention_mask` (B, past + T) marks
+    real tokens 1 and pads 0 for every token seen so far (left padding); pads must leave the outputs of real tokens
+    as they are without them.
     """
 
     Config: ClassVar[type]
@@ -39,6 +48,10 @@ class Mixer(nn.Module):
 
     def state_size(self, seq_len: int) -> int:
         """Numbers this mixer holds per sequence at inference after `seq_len` tokens (recurrent state or cache)."""
+        raise NotImplementedError
+
+    def cache_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
+        """Bytes of this mixer's decoding cache per sequence after `seq_len` tokens, activations in `dtype`."""
         raise NotImplementedError
 
     def kernel_name(self, device: torch.device | str) -> str:
@@ -108,11 +121,39 @@ class Block(nn.Module):
             self.mlp_norm = RMSNorm(config.d_model, config.norm_eps)
             self.mlp = SwiGLU(config.d_model, config.mlp_ratio)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = x + self.mixer(self.mixer_norm(x))
+    def forward(
+        self, x: Tensor, state: dict[str, Tensor] | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        x = x + self.mixer(self.mixer_norm(x), state=state, attention_mask=attention_mask)
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x
+
+
+class ModelCache:
+    """What a model keeps between calls when decoding: one dict of tensors per layer, filled by that layer's mixer
+    (recurrent and convolution states, or MLA's latent cache), and the number of tokens seen (pads included)."""
+
+    # read by transformers' generate(): this cache cannot be compiled or cropped
+    is_compileable = False
+    is_croppable = False
+
+    def __init__(self, num_layers: int):
+        self.layers: list[dict[str, Tensor]] = [{} for _ in range(num_layers)]
+        self.seen_tokens = 0
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        return self.seen_tokens
+
+    def reorder_cache(self, beam_idx: Tensor) -> None:
+        """Keep the rows of beam_idx (beam search)."""
+        for state in self.layers:
+            for key, tensor in state.items():
+                state[key] = tensor.index_select(0, beam_idx.to(tensor.device))
+
+    def nbytes(self) -> int:
+        """Bytes held, all sequences of the batch together."""
+        return sum(t.numel() * t.element_size() for state in self.layers for t in state.values())
 
 
 class LanguageModel(nn.Module):
@@ -136,11 +177,19 @@ class LanguageModel(nn.Module):
             if block.mlp is not None:
                 normal_init_linears(block.mlp, std)
 
-    def forward(self, input_ids: Tensor) -> Tensor:  # (B, T) -> (B, T, vocab)
+    def forward(
+        self, input_ids: Tensor, cache: ModelCache | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:  # (B, T) -> (B, T, vocab)
+        """Logits. With a cache, continue from it (and update it); attention_mask (B, past + T): 1 real, 0 pad."""
         x = self.embed(input_ids)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, None if cache is None else cache.layers[i], attention_mask)
+        if cache is not None:
+            cache.seen_tokens += input_ids.shape[1]
         return self.lm_head(self.norm(x))
+
+    def new_cache(self) -> ModelCache:
+        return ModelCache(len(self.blocks))
 
     def num_params(self, non_embedding: bool = False) -> int:
         total = sum(p.numel() for p in self.parameters())
@@ -153,6 +202,10 @@ class LanguageModel(nn.Module):
     def state_size(self, seq_len: int) -> int:
         """Numbers held per sequence at inference after seq_len tokens, summed over layers."""
         return sum(block.mixer.state_size(seq_len) for block in self.blocks)
+
+    def cache_bytes(self, seq_len: int, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes of the decoding cache per sequence after seq_len tokens (activations in dtype), summed over layers."""
+        return sum(block.mixer.cache_bytes(seq_len, dtype) for block in self.blocks)
 
     def kernel_names(self, device: torch.device | str) -> str:
         """The distinct compute paths of this model's mixers, e.g. 'gdr:torch+sdpa'."""

@@ -42,12 +42,19 @@ class DeltaRuleInputs(nn.Module):
         self.k_conv = ShortConvolution(width, conv_size)
         self.v_conv = ShortConvolution(width, conv_size)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(
+        self, x: Tensor, state: dict[str, Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """q, k, v, beta of x; with a decoding `state`, the short convolutions continue from (and update) it."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
-        q = F.normalize(self.q_conv(self.q_proj(x)).view(B, T, H, K), dim=-1, eps=1e-6)  # (B, T, H, K)
-        k = F.normalize(self.k_conv(self.k_proj(x)).view(B, T, H, K), dim=-1, eps=1e-6)  # (B, T, H, K)
-        v = self.v_conv(self.v_proj(x)).view(B, T, H, K)  # (B, T, H, V)
+        q = F.normalize(
+            short_conv(self.q_conv, self.q_proj(x), state, "q_conv").view(B, T, H, K), dim=-1, eps=1e-6
+        )
+        k = F.normalize(
+            short_conv(self.k_conv, self.k_proj(x), state, "k_conv").view(B, T, H, K), dim=-1, eps=1e-6
+        )
+        v = short_conv(self.v_conv, self.v_proj(x), state, "v_conv").view(B, T, H, K)  # (B, T, H, V)
         beta = self.beta_scale * torch.sigmoid(self.b_proj(x).float())  # (B, T, H)
         return q, k, v, beta
 
@@ -55,11 +62,23 @@ class DeltaRuleInputs(nn.Module):
         return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size()
 
 
+def short_conv(conv: ShortConvolution, x: Tensor, state: dict[str, Tensor] | None, key: str) -> Tensor:
+    """conv(x); with a decoding state, continued from state[key], which is updated."""
+    if state is None:
+        return conv(x)
+    y, state[key] = conv.forward_with_state(x, state.get(key))
+    return y
+
+
 class DeltaRuleMixer(Mixer):
     """y = W_o( output_gate(x) * RMSNorm_per_head(o) ), o from the gated delta rule over the shared inputs.
 
     Subclasses set `gate` ("channel" or "scalar") and build, in __init__: `inputs` (DeltaRuleInputs), `o_norm`
     (RMSNorm of head_dim), `o_proj`, and whatever their two gates need.
+
+    Decoding state (one dict per layer): `q_conv`, `k_conv`, `v_conv` (B, conv_size - 1, H * K) and `recurrent`
+    (B, H, K, K) float32. A pad token (attention_mask 0) neither writes (beta = 0) nor decays (g = 0) the state and
+    feeds zeros to the convolutions, so a left-padded sequence gives the outputs it gives alone.
     """
 
     gate: ClassVar[str]
@@ -72,27 +91,45 @@ class DeltaRuleMixer(Mixer):
         """Multiplier of the normalised output: (B, T, H * K)."""
         raise NotImplementedError
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, state: dict[str, Tensor] | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
         B, T, _ = x.shape
         H, K = self.config.num_heads, self.config.head_dim
-        q, k, v, beta = self.inputs(x)
-        o, _ = gated_delta_rule(
+        keep = None if attention_mask is None else attention_mask[:, -T:].bool()  # (B, T)
+        if keep is not None:
+            x = x.masked_fill(~keep[..., None], 0)
+        q, k, v, beta = self.inputs(x, state)
+        g = self.forget_gate(x)
+        if keep is not None:
+            beta = beta.masked_fill(~keep[..., None], 0)
+            g = g.masked_fill(~keep.view(B, T, *[1] * (g.dim() - 2)), 0)
+        o, final_state = gated_delta_rule(
             q,
             k,
             v,
-            self.forget_gate(x),
+            g,
             beta,
             gate=self.gate,
             delta=True,
+            initial_state=None if state is None else state.get("recurrent"),
+            output_final_state=state is not None,
             impl=self.kernel_impl,
             chunk_size=self.config.chunk_size,
         )
+        if state is not None:
+            state["recurrent"] = final_state
         o = self.o_norm(o) * self.output_gate(x).view(B, T, H, K)
         return self.o_proj(o.reshape(B, T, H * K))
 
     def state_size(self, seq_len: int) -> int:
         H, K = self.config.num_heads, self.config.head_dim
         return H * K * K + self.inputs.conv_state_size()
+
+    def cache_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
+        H, K = self.config.num_heads, self.config.head_dim
+        # the recurrent state is kept in float32 (the kernel accumulates in it); the conv windows in `dtype`
+        return H * K * K * 4 + self.inputs.conv_state_size() * dtype.itemsize
 
     def kernel_name(self, device: torch.device | str) -> str:
         return f"gdr:{resolve_impl(self.kernel_impl, device)}"

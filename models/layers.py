@@ -25,7 +25,7 @@ class RMSNorm(nn.Module):
 class ShortConvolution(nn.Module):
     """Depthwise causal 1-D convolution over time (kernel 4 in KDA, GDN and Mamba2), optionally followed by SiLU.
 
-    Inference state: the last kernel_size - 1 inputs of every channel.
+    Inference state: the last kernel_size - 1 inputs of every channel, (B, kernel_size - 1, C).
     """
 
     def __init__(self, channels: int, kernel_size: int = 4, activation: bool = True, bias: bool = False):
@@ -39,6 +39,18 @@ class ShortConvolution(nn.Module):
         T = x.shape[1]
         y = self.conv(x.transpose(1, 2))[..., :T].transpose(1, 2)
         return F.silu(y) if self.activation else y
+
+    def forward_with_state(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
+        """forward(x) continuing from `state` (None: zeros, as at the start of a sequence); returns (y, new state).
+
+        For decoding: a prompt, then one token at a time, gives the outputs of one forward over the whole.
+        """
+        B, T, C = x.shape
+        if state is None:
+            state = x.new_zeros(B, self.kernel_size - 1, C)
+        window = torch.cat([state.to(x.dtype), x], dim=1)  # (B, W - 1 + T, C)
+        y = F.conv1d(window.transpose(1, 2), self.conv.weight, self.conv.bias, groups=C).transpose(1, 2)
+        return (F.silu(y) if self.activation else y), window[:, T:]
 
     def state_size(self) -> int:
         return (self.kernel_size - 1) * self.channels

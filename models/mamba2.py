@@ -107,18 +107,31 @@ class Mamba2(Mixer):
         self.in_proj.reset_parameters()
         self.out_proj.reset_parameters()
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, state: dict[str, Tensor] | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Decoding state: `conv` (B, conv_size - 1, d_inner + 2 G N) and `recurrent` (B, H, N, P) float32. A pad
+        token (attention_mask 0) has dt = 0 (no decay, no write) and feeds zeros to the convolution."""
         B, T, _ = x.shape
         H, P, N, G = self.num_heads, self.config.head_dim, self.config.d_state, self.config.n_groups
+        keep = None if attention_mask is None else attention_mask[:, -T:].bool()  # (B, T)
         z, xBC, dt = self.in_proj(x).split([self.d_inner, self.d_inner + 2 * G * N, H], dim=-1)
-        xs, Bs, Cs = self.conv(xBC).split([self.d_inner, G * N, G * N], dim=-1)
+        if keep is not None:
+            xBC = xBC.masked_fill(~keep[..., None], 0)
+        if state is None:
+            xBC = self.conv(xBC)
+        else:
+            xBC, state["conv"] = self.conv.forward_with_state(xBC, state.get("conv"))
+        xs, Bs, Cs = xBC.split([self.d_inner, G * N, G * N], dim=-1)
         xs = xs.view(B, T, H, P)
         # every head of a group reads the same B and C
         Bs = Bs.view(B, T, G, 1, N).expand(B, T, G, H // G, N).reshape(B, T, H, N)
         Cs = Cs.view(B, T, G, 1, N).expand(B, T, G, H // G, N).reshape(B, T, H, N)
         dt = F.softplus(dt.float() + self.dt_bias.float()).clamp(*self.config.dt_limit)  # (B, T, H)
+        if keep is not None:
+            dt = dt.masked_fill(~keep[..., None], 0)
         g = dt * -self.A_log.float().exp()  # (B, T, H)
-        y, _ = gated_delta_rule(
+        y, final_state = gated_delta_rule(
             Cs,
             Bs,
             xs * dt[..., None].to(xs.dtype),
@@ -126,14 +139,23 @@ class Mamba2(Mixer):
             gate="scalar",
             delta=False,
             scale=1.0,
+            initial_state=None if state is None else state.get("recurrent"),
+            output_final_state=state is not None,
             impl=self.kernel_impl,
             chunk_size=self.config.chunk_size,
         )
+        if state is not None:
+            state["recurrent"] = final_state
         y = y + self.D.to(y.dtype)[:, None] * xs  # (B, T, H, P)
         return self.out_proj(self.norm(y.reshape(B, T, self.d_inner), z))
 
     def state_size(self, seq_len: int) -> int:
         return self.num_heads * self.config.head_dim * self.config.d_state + self.conv.state_size()
+
+    def cache_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
+        # the recurrent state is kept in float32 (the kernel accumulates in it); the conv window in `dtype`
+        recurrent = self.num_heads * self.config.head_dim * self.config.d_state
+        return recurrent * 4 + self.conv.state_size() * dtype.itemsize
 
     def kernel_name(self, device: torch.device | str) -> str:
         return f"gdr:{resolve_impl(self.kernel_impl, device)}"

@@ -5,6 +5,13 @@ k_h  = [W_uk,h c_kv ; k_rope],  v_h = W_uv,h c_kv
 q_h  = W_q x  or, with query compression, W_uq,h RMSNorm(W_dq x)
 k_rope (qk_rope_head_dim, shared by all heads) and the matching part of q get RoPE; qk_rope_head_dim = 0 is NoPE.
 y    = W_o concat_h softmax(q_h k_h^T / sqrt(d_qk) + causal mask) v_h
+
+Decoding caches only the normalised latent c_kv (and the rotated k_rope when RoPE is on): kv_lora_rank (+
+qk_rope_head_dim) numbers per token. A prompt runs the expanded form above (SDPA) and fills the cache; each later
+step absorbs the up-projections instead of re-expanding the cache: scores q_h^T W_uk,h c = (W_uk,h^T q_h)^T c and
+outputs W_uv,h (sum_s p_s c_s), so attention runs against the latent cache directly (DeepSeek-V2's decode).
+Positions for RoPE count real tokens only (attention_mask), so a left-padded sequence sees the positions it sees
+alone; pad keys are masked.
 """
 
 from __future__ import annotations
@@ -50,16 +57,40 @@ class MLAConfig:
         )
 
 
-def apply_rope(x: Tensor, theta: float) -> Tensor:
-    """Rotary position embedding over the last dimension of x (B, T, ..., R), positions 0..T-1."""
+def apply_rope(x: Tensor, theta: float, positions: Tensor | None = None) -> Tensor:
+    """Rotary position embedding over the last dimension of x (B, T, ..., R) at `positions` (B or 1, T); default
+    0..T-1."""
     T, R = x.shape[1], x.shape[-1]
+    if positions is None:
+        positions = torch.arange(T, device=x.device)[None]  # (1, T)
     inv_freq = 1.0 / theta ** (torch.arange(0, R, 2, device=x.device, dtype=torch.float32) / R)
-    angles = torch.arange(T, device=x.device, dtype=torch.float32)[:, None] * inv_freq  # (T, R/2)
-    shape = (1, T) + (1,) * (x.dim() - 3) + (R // 2,)
+    angles = positions.float()[..., None] * inv_freq  # (B or 1, T, R/2)
+    shape = tuple(angles.shape[:2]) + (1,) * (x.dim() - 3) + (R // 2,)
     cos, sin = angles.cos().view(shape), angles.sin().view(shape)
     x1, x2 = x.float()[..., 0::2], x.float()[..., 1::2]
     rotated = torch.stack([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).flatten(-2)
     return rotated.to(x.dtype)
+
+
+def rope_positions(attention_mask: Tensor | None, past: int, T: int, device: torch.device) -> Tensor | None:
+    """Positions (B or 1, T) of the T new tokens: real tokens counted from 0 (pads do not advance them)."""
+    if attention_mask is not None:
+        return (attention_mask.long().cumsum(-1) - 1).clamp_min(0)[:, -T:]
+    if past:
+        return past + torch.arange(T, device=device)[None]
+    return None
+
+
+def allowed_keys(attention_mask: Tensor | None, past: int, T: int, device: torch.device) -> Tensor:
+    """(B or 1, 1, T, past + T) bool: query t sees key s if s is causal and not a pad. A query also always sees
+    itself, so that a pad query's softmax row is never empty (its output is ignored, but must not be NaN)."""
+    S = past + T
+    query = past + torch.arange(T, device=device)[:, None]
+    key = torch.arange(S, device=device)[None]
+    allowed = (key <= query)[None]  # (1, T, S)
+    if attention_mask is not None:
+        allowed = allowed & attention_mask[:, None, -S:].bool()
+    return (allowed | (key == query))[:, None]
 
 
 @MIXERS.register("mla")
@@ -89,28 +120,68 @@ class MLA(Mixer):
         self.kv_up = nn.Linear(config.kv_lora_rank, H * (nope + dv), bias=False)
         self.o_proj = nn.Linear(H * dv, d_model, bias=False)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(
+        self, x: Tensor, state: dict[str, Tensor] | None = None, attention_mask: Tensor | None = None
+    ) -> Tensor:
+        """Decoding state: `latent` (B, S, kv_lora_rank) and, with RoPE, `rope_key` (B, S, qk_rope_head_dim)."""
         B, T, _ = x.shape
         cfg = self.config
         H, nope, rope, dv = cfg.num_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        past = 0 if state is None or "latent" not in state else state["latent"].shape[1]
         q = self.q_proj(x).view(B, T, H, nope + rope)
         c_kv, k_rope = self.kv_down(x).split([cfg.kv_lora_rank, rope], dim=-1)
-        k_nope, v = self.kv_up(self.kv_norm(c_kv)).view(B, T, H, nope + dv).split([nope, dv], dim=-1)
+        c_kv = self.kv_norm(c_kv)  # (B, T, R)
         if rope:
-            q = torch.cat([q[..., :nope], apply_rope(q[..., nope:], cfg.rope_theta)], dim=-1)
-            k_rope = apply_rope(k_rope, cfg.rope_theta)[:, :, None].expand(B, T, H, rope)
-            k = torch.cat([k_nope, k_rope], dim=-1)
+            positions = rope_positions(attention_mask, past, T, x.device)
+            q = torch.cat([q[..., :nope], apply_rope(q[..., nope:], cfg.rope_theta, positions)], dim=-1)
+            k_rope = apply_rope(k_rope, cfg.rope_theta, positions)  # (B, T, rope)
+        if past:
+            return self._decode(q, c_kv, k_rope, state, attention_mask)
+        if state is not None:
+            state["latent"] = c_kv
+            if rope:
+                state["rope_key"] = k_rope
+        k_nope, v = self.kv_up(c_kv).view(B, T, H, nope + dv).split([nope, dv], dim=-1)
+        if rope:
+            k = torch.cat([k_nope, k_rope[:, :, None].expand(B, T, H, rope)], dim=-1)
         else:
             k = k_nope
+        mask = None if attention_mask is None else allowed_keys(attention_mask, 0, T, x.device)
         # SDPA wants (B, H, T, D)
         o = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None
         )
         return self.o_proj(o.transpose(1, 2).reshape(B, T, H * dv))
+
+    def _decode(
+        self, q: Tensor, c_kv: Tensor, k_rope: Tensor, state: dict[str, Tensor], attention_mask: Tensor | None
+    ) -> Tensor:
+        """Attention of T new queries against the latent cache, with the up-projections absorbed."""
+        B, T, H, _ = q.shape
+        cfg = self.config
+        nope, rope, dv = cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
+        past = state["latent"].shape[1]
+        latent = state["latent"] = torch.cat([state["latent"], c_kv], dim=1)  # (B, S, R)
+        up = self.kv_up.weight.view(H, nope + dv, cfg.kv_lora_rank)
+        up_k, up_v = up[:, :nope], up[:, nope:]  # (H, nope, R), (H, dv, R)
+        q_latent = torch.einsum("bthn,hnr->bthr", q[..., :nope], up_k)  # W_uk absorbed into the query
+        scores = torch.einsum("bthr,bsr->bhts", q_latent, latent)  # (B, H, T, S)
+        if rope:
+            rope_key = state["rope_key"] = torch.cat([state["rope_key"], k_rope], dim=1)  # (B, S, rope)
+            scores = scores + torch.einsum("bthd,bsd->bhts", q[..., nope:], rope_key)
+        scores = scores.float() * (nope + rope) ** -0.5
+        scores = scores.masked_fill(~allowed_keys(attention_mask, past, T, q.device), float("-inf"))
+        weights = scores.softmax(-1).to(latent.dtype)
+        o_latent = torch.einsum("bhts,bsr->bthr", weights, latent)
+        o = torch.einsum("bthr,hvr->bthv", o_latent, up_v)  # W_uv absorbed into the output
+        return self.o_proj(o.reshape(B, T, H * dv))
 
     def state_size(self, seq_len: int) -> int:
         # The latent cache: c_kv (and the shared rope key) per token, not per-head keys and values.
         return seq_len * (self.config.kv_lora_rank + self.config.qk_rope_head_dim)
+
+    def cache_bytes(self, seq_len: int, dtype: torch.dtype) -> int:
+        return self.state_size(seq_len) * dtype.itemsize
 
     def kernel_name(self, device: torch.device | str) -> str:
         return "sdpa"
