@@ -16,7 +16,15 @@ from harness.config import config_hash
 from harness.data import task_data
 from harness.provenance import device_name, git_state, library_versions
 from harness.registry import TASKS
-from harness.train import TrainConfig, TrainResult, autocast_dtype, evaluate, resolve_device, train
+from harness.train import (
+    Checkpointing,
+    TrainConfig,
+    TrainResult,
+    autocast_dtype,
+    evaluate,
+    resolve_device,
+    train,
+)
 from models.backbone import LanguageModel, ModelConfig
 from tasks.base import Slice
 
@@ -47,11 +55,14 @@ class Cell:
         return f"{self.model_name} · {self.task_name} · lr={self.train.lr:g} · seed={self.seed}"
 
 
-def run_cell(cell: Cell) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def run_cell(
+    cell: Cell, checkpointing: Checkpointing | None = None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train and evaluate one cell. Returns (result rows, extra metadata such as the training history).
 
     Failures are data: a non-finite loss gives status 'diverged', CUDA running out of memory 'oom', any other
-    exception 'failed' with its message; the caller writes these rows like any other.
+    exception 'failed' with its message; the caller writes these rows like any other. With `checkpointing`,
+    training saves its state now and then and continues from a checkpoint it finds.
     """
     start = time.perf_counter()
     base = _base_row(cell)
@@ -64,7 +75,14 @@ def run_cell(cell: Cell) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         model = LanguageModel(cell.model)
         base.update(_model_columns(model, cell, device))
         outcome = train(
-            model, train_slices, valid_slices, cell.train, cell.seed, device, description=cell.label
+            model,
+            train_slices,
+            valid_slices,
+            cell.train,
+            cell.seed,
+            device,
+            description=cell.label,
+            checkpointing=checkpointing,
         )
         metrics = evaluate(model, test_slices, cell.train, device)
     except torch.cuda.OutOfMemoryError as err:
@@ -82,6 +100,13 @@ def run_cell(cell: Cell) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     for row in rows:
         row["wall_s"] = round(time.perf_counter() - start, 3)
     return rows, {"history": outcome.history, "train_wall_s": outcome.wall_s}
+
+
+def failed_rows(cell: Cell, message: str, status: str = "failed") -> list[dict[str, Any]]:
+    """The one row of a cell that could not run to its end for a reason outside it (e.g. its worker died)."""
+    return [
+        dict(_base_row(cell), slice=None, metric=None, value=None, status=status, error=message, wall_s=None)
+    ]
 
 
 def drop_seen(test: list[Slice], train_slices: list[Slice]) -> list[Slice]:
