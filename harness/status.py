@@ -75,12 +75,9 @@ def status_table(out: Path, suite: str | None = None) -> str:
     if not progress:
         return f"no sweeps recorded in {out}/sweeps/" + (f" for suite {suite}" if suite else "")
     now = time.time()
-    table = pd.DataFrame(progress).drop(columns=["running_cells"])
-    table["eta"] = [
-        _duration(s) if s is not None else ("-" if not r["remaining"] and not r["running"] else "?")
-        for s, r in zip(table["eta_s"], progress, strict=True)
-    ]
-    text = table.drop(columns=["eta_s"]).to_markdown(index=False)
+    table = pd.DataFrame(progress).drop(columns=["running_cells", "eta_s"])
+    table["eta"] = [_eta(sweep) for sweep in progress]
+    text = table.to_markdown(index=False)
     lines = [
         f"  {cell['label']}  ({cell['host']} pid {cell['pid']}, {_duration(now - cell['since'])} so far)"
         for sweep in progress
@@ -88,6 +85,14 @@ def status_table(out: Path, suite: str | None = None) -> str:
         if cell["since"] is not None
     ]
     return text + ("\n\nrunning:\n" + "\n".join(lines) if lines else "")
+
+
+def _eta(sweep: dict) -> str:
+    if not sweep["running"] and not sweep["remaining"]:
+        return "-"
+    if sweep["eta_s"] is None:
+        return "?"  # no finished cell to time yet
+    return _duration(sweep["eta_s"]) + ("" if sweep["running"] else " (not running)")
 
 
 def _duration(seconds: float) -> str:
