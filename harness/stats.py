@@ -73,7 +73,9 @@ def _betainc(a: float, b: float, x: float) -> float:
         return 0.0
     if x >= 1:
         return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x))
+    front = math.exp(
+        math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) + a * math.log(x) + b * math.log1p(-x)
+    )
     # the continued fraction converges fast for x < (a + 1) / (a + b + 2); use the symmetry otherwise
     if x < (a + 1) / (a + b + 2):
         return front * _beta_fraction(a, b, x) / a
