@@ -102,7 +102,9 @@ class Pool:
         elif not gpus:
             devices = [None] * cells_per_gpu
         self.slots = len(devices)
-        self._threads = max(1, (os.cpu_count() or 1) // self.slots)
+        # CPU threads per worker: the cores shared out, unless OMP_NUM_THREADS says otherwise
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        self._threads = int(threads) if threads.isdigit() else max(1, (os.cpu_count() or 1) // self.slots)
         self._context = multiprocessing.get_context("spawn")
         self._results = self._context.Queue()
         self._workers = [_Worker(index, device) for index, device in enumerate(devices)]
