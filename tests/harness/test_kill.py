@@ -26,7 +26,10 @@ KILLS = {"inprocess": 4, "pool": 2}
 
 def start(out: Path, launcher: str = "inprocess") -> subprocess.Popen:
     # one thread per process and no data cache: a fast, deterministic run on a busy machine too
-    env = dict(os.environ, OMP_NUM_THREADS="1", HARNESS_CACHE="off", TQDM_DISABLE="1")
+    # HARNESS_TEST_STORE marks this sweep's processes (workers inherit it) for the orphan check
+    env = dict(
+        os.environ, OMP_NUM_THREADS="1", HARNESS_CACHE="off", TQDM_DISABLE="1", HARNESS_TEST_STORE=str(out)
+    )
     return subprocess.Popen(
         [
             sys.executable,
@@ -113,18 +116,17 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
     assert leftovers(killed) == [], note
     if launcher == "pool":
         time.sleep(1.5)  # workers of killed sweeps notice their parent is gone within a second
-        orphans = subprocess.run(
-            ["pgrep", "-f", "harness-worker|multiprocessing.spawn"], capture_output=True, text=True
-        )
-        mine = [pid for pid in orphans.stdout.split() if _parent_is_gone(pid)]
-        assert mine == [], f"worker processes outlived their sweep: {mine}"
+        survivors = _processes_marked(killed)
+        assert survivors == [], f"worker processes outlived their sweep: {survivors}"
 
 
-def _parent_is_gone(pid: str) -> bool:
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-    ppid = int(next(line.split()[1] for line in status.splitlines() if line.startswith("PPid:")))
-    return ppid == 1 and b"multiprocessing" in cmdline
+def _processes_marked(out: Path) -> list[str]:
+    marker = f"HARNESS_TEST_STORE={out}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(proc.name)
+        except OSError:
+            continue
+    return found
