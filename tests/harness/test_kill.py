@@ -75,23 +75,28 @@ def uninterrupted(tmp_path_factory):
     return expected
 
 
-# pool workers take a few seconds to start (import torch) after the sweep leased its first cells
-WINDOW = {"inprocess": (0.0, 12.0), "pool": (3.0, 18.0)}
-
-
 def kill_while_working(out: Path, launcher: str, rng: random.Random) -> tuple[int, int]:
-    """Start a sweep, wait until it works on a cell, let it run a random while, SIGKILL it; returns the
-    numbers of finished and checkpointed cells it left."""
-    sweep = start(out, launcher)
+    """Start a sweep and SIGKILL it at a random moment; returns the numbers of finished and checkpointed cells
+    it left. The moment is drawn in terms of progress, not seconds, so that kills land mid-cell (after a
+    checkpoint or not) and between cells however fast the machine is: wait until 0 or 1 more cells finished
+    and, most of the time, a checkpoint exists, then a random fraction of a second more."""
     cells = out / "cells"
+
+    def count(pattern: str) -> int:
+        return len(list(cells.glob(pattern))) if cells.exists() else 0
+
+    target, want_checkpoint = count("*.jsonl") + rng.randint(0, 1), rng.random() < 0.7
+    sweep = start(out, launcher)
     deadline = time.monotonic() + 120
-    while not (cells.exists() and any(cells.glob("*.lock"))) and sweep.poll() is None:
-        assert time.monotonic() < deadline, "the sweep never started a cell"
-        time.sleep(0.05)
-    time.sleep(rng.uniform(*WINDOW[launcher]))
+    while sweep.poll() is None and not (
+        count("*.jsonl") >= target and (count("*.ckpt") or not want_checkpoint) and count("*.lock")
+    ):
+        assert time.monotonic() < deadline, "the sweep made no progress in 120 s"
+        time.sleep(0.02)
+    time.sleep(rng.uniform(0.0, 0.6))
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
-    return len(list(cells.glob("*.jsonl"))), len(list(cells.glob("*.ckpt")))
+    return count("*.jsonl"), count("*.ckpt")
 
 
 @pytest.mark.slow
