@@ -121,11 +121,16 @@ class ResultStore:
 
     def tidy(self) -> None:
         """Remove what finished cells no longer need (their leases, checkpoints and temporary files)."""
-        for cell_id in self.done():
-            for suffix in ("lock", "ckpt"):
-                (self.cells / f"{cell_id}.{suffix}").unlink(missing_ok=True)
-            for leftover in self.cells.glob(f".{cell_id}.*.tmp"):
-                leftover.unlink(missing_ok=True)
+        if not self.cells.is_dir():
+            return
+        names = [entry.name for entry in os.scandir(self.cells)]
+        done = {name.removesuffix(".jsonl") for name in names if name.endswith(".jsonl")}
+        for name in names:
+            # <id>.lock, <id>.ckpt, .<id>.<suffix>.<random>.tmp
+            cell_id = name.lstrip(".").split(".")[0]
+            leftover = name.endswith((".lock", ".ckpt")) or (name.startswith(".") and name.endswith(".tmp"))
+            if leftover and cell_id in done:
+                (self.cells / name).unlink(missing_ok=True)
 
     def read(self) -> pd.DataFrame:
         """All rows of all finished cells as one DataFrame (columns as COLUMNS, then any extras)."""

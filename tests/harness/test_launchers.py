@@ -2,6 +2,7 @@
 in-process. (The pool's results are compared with an in-process run in test_kill.py.)"""
 
 import os
+import signal
 
 import pytest
 import torch
@@ -59,3 +60,21 @@ def test_ray_on_a_local_instance_equals_in_process(tmp_path, reference):
     assert ran == len(cells)
     assert rows_by_cell(store) == rows_by_cell(expected)
     assert not list(store.cells.glob("*.lock")) and os.path.isdir(store.root / "sweeps")
+
+
+@pytest.mark.slow
+def test_a_pool_worker_that_dies_under_a_cell_makes_it_a_failed_row(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    pool = Pool(LaunchOptions(workers=1))
+    cell = small_cells(lrs=(3e-3,), extra=("train.max_steps=100000",))[0]
+    try:
+        pool.submit(cell, None)
+        worker = pool._workers[0]
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.join(timeout=30)
+        (finished,) = pool.wait(timeout=10)
+        assert finished[0] is cell and finished[1][0]["status"] == "failed"
+        assert finished[1][0]["error"] == "worker process died while running the cell (signal 9)"
+        assert worker.cell is None
+    finally:
+        pool.close()
