@@ -130,7 +130,12 @@ def run(
         timing = f" in {wall:.0f} s" if wall else ""
         typer.echo(f"[{next(progress)}] {cell.label}: {status}{timing}{error}")
 
-    ran, skipped = run_cells(cells, store, on_done=done, launcher=pool, checkpoint_every=every)
+    def wait(held) -> None:
+        typer.echo(
+            f"waiting for {len(held)} cell(s) that another process runs (see `harness status --out {out}`)"
+        )
+
+    ran, skipped = run_cells(cells, store, on_done=done, launcher=pool, checkpoint_every=every, on_wait=wait)
     typer.echo(f"\n{ran} cell(s) run, {skipped} already in {out}/ and skipped.\n")
     rows = store.read()
     rows = rows[rows["run_id"].isin({cell.id for cell in cells})]

@@ -114,12 +114,14 @@ def run_cells(
     launcher: Launcher | None = None,
     checkpoint_every: Every | None = None,
     poll_s: float = 1.0,
+    on_wait: Callable[[list[Cell]], None] | None = None,
 ) -> tuple[int, int]:
     """Run the cells that are not in the store yet; returns (ran, skipped).
 
     Each cell runs under its lease (see results.py), so a killed sweep resumes where it stopped, and two sweeps
     on one store never run the same cell: cells another live process holds are waited for, and taken over if
-    that process dies. Long cells save checkpoints `checkpoint_every` (steps or seconds) and resume from them.
+    that process dies (`on_wait` hears of them once). Long cells save checkpoints `checkpoint_every` (steps or
+    seconds) and resume from them.
     """
     launcher = launcher or InProcess()
     store.tidy()
@@ -128,6 +130,7 @@ def run_cells(
     todo = [cell for cell in cells if cell.id not in done]
     ran, skipped = 0, len(cells) - len(todo)
     leases: dict[str, Lease] = {}
+    told = False
     try:
         while todo or leases:
             waiting = []
@@ -146,6 +149,9 @@ def run_cells(
                     launcher.submit(cell, _checkpointing(store, cell, checkpoint_every))
             todo = waiting
             if not leases:
+                if on_wait and not told:
+                    on_wait(todo)
+                    told = True
                 time.sleep(poll_s)
                 continue
             for cell, rows, meta in launcher.wait(timeout=poll_s):

@@ -216,6 +216,8 @@ def test_a_cell_held_elsewhere_is_waited_for_then_taken_over(tmp_path):
 
     # the holder "dies" (releases without a result) after a moment: the sweep then runs the cell itself
     threading.Timer(1.0, lambda: lease.release(remove=False)).start()
-    assert run_cells(cells, store, poll_s=0.2) == (1, 0)
+    heard = []
+    assert run_cells(cells, store, poll_s=0.2, on_wait=heard.append) == (1, 0)
+    assert heard == [cells]
     assert time.time() - started >= 1.0 and store.done() == {cells[0].id}
     assert not math.isnan(store.read()["value"].astype(float).iloc[0])
