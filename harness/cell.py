@@ -18,7 +18,15 @@ from harness.config import config_hash
 from harness.data import task_data
 from harness.provenance import device_name, git_state, library_versions
 from harness.registry import TASKS
-from harness.train import TrainConfig, TrainResult, autocast_dtype, evaluate, resolve_device, train
+from harness.train import (
+    Checkpointing,
+    TrainConfig,
+    TrainResult,
+    autocast_dtype,
+    evaluate,
+    resolve_device,
+    train,
+)
 from models.backbone import LanguageModel, ModelConfig
 from tasks.base import Slice
 
@@ -49,18 +57,28 @@ class Cell:
         return f"{self.model_name} · {self.task_name} · lr={self.train.lr:g} · seed={self.seed}"
 
 
-def run_cell(
-    cell: Cell, checkpoint_dir: Path | None = None, log_dir: Path | None = None
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Train and evaluate one cell. Returns (result rows, extra metadata such as the training history).
-    With `log_dir`, the training curve also goes to TensorBoard there.
+@dataclass(frozen=True)
+class CellOptions:
+    """What a run of a cell writes besides its result rows. None of it changes a result, so none of it is part of
+    the cell's id."""
 
-    With `checkpoint_dir`, the trained model is also saved there as a transformers checkpoint with its tokenizer
-    and its test slices as lm-eval tasks (harness/checkpoint.py).
+    checkpointing: Checkpointing | None = None
+    """Save training state now and then and resume from a checkpoint found there (crash safety)."""
+    save_dir: Path | None = None
+    """Save the trained model there as a transformers checkpoint, with its tokenizer and its test slices as
+    lm-eval tasks (harness/checkpoint.py)."""
+    log_dir: Path | None = None
+    """Log the training curve to TensorBoard there."""
+
+
+def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train and evaluate one cell. Returns (result rows, extra metadata such as the training history).
 
     Failures are data: a non-finite loss gives status 'diverged', CUDA running out of memory 'oom', any other
-    exception 'failed' with its message; the caller writes these rows like any other.
+    exception 'failed' with its message; the caller writes these rows like any other. `options` says what else
+    the run writes (see CellOptions).
     """
+    options = options or CellOptions()
     start = time.perf_counter()
     base = _base_row(cell)
     try:
@@ -71,7 +89,17 @@ def run_cell(
         torch.manual_seed(cell.seed)
         model = LanguageModel(cell.model)
         base.update(_model_columns(model, cell, device))
-        outcome = train(model, train_slices, valid_slices, cell.train, cell.seed, device, cell.label, log_dir)
+        outcome = train(
+            model,
+            train_slices,
+            valid_slices,
+            cell.train,
+            cell.seed,
+            device,
+            description=cell.label,
+            checkpointing=options.checkpointing,
+            log_dir=options.log_dir,
+        )
         metrics = evaluate(model, test_slices, cell.train, device)
     except torch.cuda.OutOfMemoryError as err:
         return [_failure_row(base, "oom", err, start)], {}
@@ -85,12 +113,21 @@ def run_cell(
             metrics[piece.name]["chance"] = chance
             metrics[piece.name]["scaled_accuracy"] = (metrics[piece.name]["accuracy"] - chance) / (1 - chance)
     meta = {"history": outcome.history, "train_wall_s": outcome.wall_s}
-    if checkpoint_dir is not None:
-        meta["checkpoint"] = str(save_checkpoint(model, cell, test_slices, checkpoint_dir, outcome, metrics))
+    if options.save_dir is not None:
+        meta["checkpoint"] = str(
+            save_checkpoint(model, cell, test_slices, options.save_dir, outcome, metrics)
+        )
     rows = _metric_rows(base, metrics, outcome, status, model, test_slices)
     for row in rows:
         row["wall_s"] = round(time.perf_counter() - start, 3)
     return rows, meta
+
+
+def failed_rows(cell: Cell, message: str, status: str = "failed") -> list[dict[str, Any]]:
+    """The one row of a cell that could not run to its end for a reason outside it (e.g. its worker died)."""
+    return [
+        dict(_base_row(cell), slice=None, metric=None, value=None, status=status, error=message, wall_s=None)
+    ]
 
 
 def drop_seen(test: list[Slice], train_slices: list[Slice]) -> list[Slice]:

@@ -1,4 +1,4 @@
-"""Name → object registries for mixers, model presets, tasks and suites.
+"""Name → object registries for mixers, model presets, tasks, suites and launchers.
 
 This is a leaf module: it imports nothing of the project, so that `models/` and `tasks/` can register
 themselves here without importing each other (DESIGN.md: imports point one way).
@@ -79,3 +79,4 @@ ARCHITECTURES: Registry = Registry("model")
 SIZES: Registry = Registry("model size")
 TASKS: Registry = Registry("task")
 SUITES: Registry = Registry("suite")
+LAUNCHERS: Registry = Registry("launcher")

@@ -2,7 +2,7 @@
 
 The protocol (as Zoology and the Kimi report compare architectures):
 1. every (model, task setting, lr) is run with several seeds; per slice and metric we take the mean over seeds and
-   its 95% Student-t interval (`harness.stats.mean_ci95`);
+   its 95% Student-t interval (`harness.stats.mean_interval`);
 2. per (model, task setting, metric) the best lr is the one whose mean over all test slices is best. One lr per
    trained model, not one per slice: a cell is trained once on the task's training mixture and evaluated on every
    slice, so choosing the lr slice by slice would mix different models into one row and flatter every architecture.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from harness.stats import mean_ci95
+from harness.stats import mean_interval
 
 # What identifies one trained model on one task setting (everything but the seed).
 SETTING = ["suite", "scale", "model", "task", "task_setting", "task_version", "metric", "lr"]
@@ -38,7 +38,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     ok["task_setting"] = ok["task_setting"].fillna("") if "task_setting" in ok else ""
 
     def one(group: pd.DataFrame) -> pd.Series:
-        mean, ci95 = mean_ci95(group["value"].astype(float).tolist())
+        mean, ci95, _ = mean_interval(group["value"].astype(float).tolist())
         return pd.Series(
             dict(
                 mean=mean,

@@ -1,5 +1,6 @@
 """Training and evaluation of one model on one task's slices: AdamW, warmup + cosine decay, gradient clipping,
-early stop on held-out validation accuracy, bf16 autocast on CUDA, a progress bar."""
+early stop on held-out validation accuracy, bf16 autocast on CUDA, a progress bar, and mid-training
+checkpoints that a killed run resumes from (on the CPU the resumed run ends exactly as an uninterrupted one)."""
 
 from __future__ import annotations
 
@@ -55,6 +56,9 @@ class TrainResult:
     diverged: bool = False
     wall_s: float = 0.0
     history: list[dict[str, Any]] = field(default_factory=list)
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    """Training loss summed over the steps since the last history point (kept here so that a checkpoint has it)."""
 
 
 def require_tensorboard() -> None:
@@ -75,6 +79,23 @@ def tensorboard_writer(log_dir: Path):
     from torch.utils.tensorboard import SummaryWriter
 
     return SummaryWriter(log_dir=str(log_dir))
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and how often `train` saves its state. Not part of a cell's config: it changes no result."""
+
+    path: Path
+    """The checkpoint file (written atomically; resumed from when present)."""
+    every_steps: int | None = None
+    """Save every this many optimizer steps."""
+    every_s: float | None = 600.0
+    """Save when this many seconds of training passed since the last save (long cells only)."""
+
+    def due(self, step: int, since_save_s: float) -> bool:
+        by_steps = self.every_steps is not None and step % self.every_steps == 0
+        by_time = self.every_s is not None and since_save_s >= self.every_s
+        return by_steps or by_time
 
 
 def resolve_device(name: str) -> torch.device:
@@ -101,24 +122,37 @@ def train(
     seed: int,
     device: torch.device,
     description: str = "",
+    checkpointing: Checkpointing | None = None,
     log_dir: Path | None = None,
 ) -> TrainResult:
     """Train in place; returns step count, tokens seen, divergence and the validation history.
 
     Every `eval_every` steps the history gets one point: step, tokens, mean training loss since the last point,
-    validation loss and accuracy (means over slices) and the current lr. With `log_dir`, the same goes to TensorBoard.
+    validation loss and accuracy (means over slices) and the current lr. With `log_dir`, the same goes to
+    TensorBoard. With `checkpointing`, the model, optimizer, schedule, RNG states, step and history are saved now
+    and then, and a run that finds a checkpoint continues from it (the batch order is replayed from the seed).
     """
     result = TrainResult()
     writer = tensorboard_writer(log_dir) if log_dir is not None else None
-    loss_sum, loss_count = 0.0, 0
     start = time.perf_counter()
     model.to(device).train()
     optimizer = make_optimizer(model, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
-    batches = batch_stream(train_slices, config.batch_size, seed)
+    first = 1
+    if checkpointing is not None and checkpointing.path.exists():
+        first = load_checkpoint(checkpointing.path, model, optimizer, schedule, result, device) + 1
+    batches = batch_stream(train_slices, config.batch_size, seed, skip=first - 1)
     amp = autocast_dtype(config, device)
-    bar = tqdm(total=config.max_steps, desc=description, unit="step", mininterval=1.0, dynamic_ncols=True)
-    for step in range(1, config.max_steps + 1):
+    bar = tqdm(
+        total=config.max_steps,
+        initial=first - 1,
+        desc=description,
+        unit="step",
+        mininterval=1.0,
+        dynamic_ncols=True,
+    )
+    last_save = time.perf_counter()
+    for step in range(first, config.max_steps + 1):
         inputs, labels = (t.to(device, non_blocking=True) for t in next(batches))
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = model(inputs)
@@ -135,20 +169,20 @@ def train(
         schedule.step()
         result.steps = step
         result.tokens_seen += inputs.numel()
-        loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+        result.loss_sum, result.loss_count = result.loss_sum + loss.item(), result.loss_count + 1
         bar.update(1)
         if step % config.eval_every == 0 or step == config.max_steps:
             metrics = evaluate(model, valid_slices, config, device)
             point = dict(
                 step=step,
                 tokens=result.tokens_seen,
-                train_loss=loss_sum / loss_count,
+                train_loss=result.loss_sum / result.loss_count,
                 valid_loss=float(np.nanmean([m["loss"] for m in metrics.values()])),
                 valid_accuracy=float(np.nanmean([m["accuracy"] for m in metrics.values()])),
                 current_lr=schedule.get_last_lr()[0],
             )
             result.history.append(point)
-            loss_sum, loss_count = 0.0, 0
+            result.loss_sum, result.loss_count = 0.0, 0
             if writer is not None:
                 for key in ("train_loss", "valid_loss", "valid_accuracy", "current_lr"):
                     writer.add_scalar(key, point[key], step)
@@ -158,11 +192,45 @@ def train(
             model.train()
             if config.target_accuracy is not None and accuracy >= config.target_accuracy:
                 break
+        if checkpointing is not None and checkpointing.due(step, time.perf_counter() - last_save):
+            result.wall_s += time.perf_counter() - start
+            start = last_save = time.perf_counter()
+            save_checkpoint(checkpointing.path, model, optimizer, schedule, result)
     bar.close()
     if writer is not None:
         writer.close()
-    result.wall_s = time.perf_counter() - start
+    result.wall_s += time.perf_counter() - start
     return result
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, schedule, result: TrainResult) -> None:
+    """Everything `train` needs to continue after `result.steps` steps, written atomically."""
+    from harness.results import atomic_write
+
+    state = dict(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        schedule=schedule.state_dict(),
+        result=dict(vars(result)),
+        torch_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, schedule, result: TrainResult, device) -> int:
+    """Restore a checkpoint written by `save_checkpoint`; returns the step it was taken after."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    for key, value in state["result"].items():
+        setattr(result, key, value)
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    return result.steps
 
 
 @torch.no_grad()
@@ -226,8 +294,9 @@ def lr_factor(step: int, config: TrainConfig) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def batch_stream(slices: list[Slice], batch_size: int, seed: int):
-    """Endless shuffled batches; each batch comes from one slice, so no padding is needed for mixed lengths."""
+def batch_stream(slices: list[Slice], batch_size: int, seed: int, skip: int = 0):
+    """Endless shuffled batches; each batch comes from one slice, so no padding is needed for mixed lengths.
+    The first `skip` batches are passed over without being built (to resume at a step)."""
     rng = np.random.default_rng(seed)
     data = [(torch.from_numpy(s.inputs), torch.from_numpy(s.labels)) for s in slices]
     while True:
@@ -240,6 +309,9 @@ def batch_stream(slices: list[Slice], batch_size: int, seed: int):
         if not epoch:
             raise ValueError(f"no slice holds a full batch of {batch_size} training examples")
         for position in rng.permutation(len(epoch)):
+            if skip:
+                skip -= 1
+                continue
             index, rows = epoch[position]
             inputs, labels = data[index]
             yield inputs[rows], labels[rows]

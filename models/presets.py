@@ -120,7 +120,11 @@ def split_model_token(token: str, default_size: str) -> tuple[str, str]:
 def build_model_config(token: str, default_size: str, vocab_size: int, **fields: Any) -> ModelConfig:
     """The ModelConfig a model token stands for at a size."""
     arch_name, size_name = split_model_token(token, default_size)
-    arch, size = parse_architecture(arch_name), SIZES.get(size_name)
+    return model_config(parse_architecture(arch_name), SIZES.get(size_name), vocab_size, **fields)
+
+
+def model_config(arch: Architecture, size: Size, vocab_size: int, **fields: Any) -> ModelConfig:
+    """The ModelConfig of an architecture at a size (a registered one or one made up, e.g. by sizing)."""
     mixers = {}
     for mixer in arch.mixers:
         config_cls = MIXERS.get(mixer).Config

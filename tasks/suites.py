@@ -98,9 +98,11 @@ def _three_scales(
     return Suite(
         description=description,
         scales={
+            # tiny: one lr and one seed, CPU minutes for CI; small and paper: the fair protocol, an lr grid and
+            # three seeds (the report takes the best lr's mean with a t interval over seeds)
             "tiny": SuiteScale(model_size="tiny", tasks=tiny, train=_TINY_TRAIN, lrs=(3e-3,)),
             "small": SuiteScale(
-                model_size="small", tasks=small, train=_SMALL_TRAIN, lrs=(1e-3,), seeds=(0, 1)
+                model_size="small", tasks=small, train=_SMALL_TRAIN, lrs=(3e-4, 1e-3, 3e-3), seeds=(0, 1, 2)
             ),
             "paper": SuiteScale(
                 model_size="kimi-synth", tasks=paper, train=_PAPER_TRAIN, lrs=paper_lrs, seeds=(0, 1, 2)

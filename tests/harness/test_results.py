@@ -41,3 +41,13 @@ def test_corrupt_file_is_named(tmp_path):
 def test_empty_store_reads_as_empty_frame_with_columns(tmp_path):
     frame = ResultStore(tmp_path).read()
     assert frame.empty and list(frame.columns) == COLUMNS
+
+
+def test_tidy_removes_what_finished_cells_left_and_nothing_else(tmp_path):
+    store = ResultStore(tmp_path)
+    store.write("a1", rows("a1", 0.5), {})
+    for name in ("a1.lock", "a1.ckpt", ".a1.jsonl.x7.tmp", "b2.lock", "b2.ckpt", ".b2.json.y8.tmp"):
+        (tmp_path / "cells" / name).write_text("")
+    store.tidy()
+    left = sorted(p.name for p in (tmp_path / "cells").iterdir())
+    assert left == [".b2.json.y8.tmp", "a1.json", "a1.jsonl", "b2.ckpt", "b2.lock"]

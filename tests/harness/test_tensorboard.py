@@ -18,7 +18,7 @@ def test_training_curve_goes_to_tensorboard(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from harness.cell import run_cell
+    from harness.cell import CellOptions, run_cell
     from harness.sweep import plan_cells
 
     overrides = [
@@ -29,7 +29,7 @@ def test_training_curve_goes_to_tensorboard(tmp_path):
         "task.num_test=16",
     ]
     (cell,) = plan_cells(["gdn"], "smoke", None, overrides, None)
-    rows, meta = run_cell(cell, log_dir=tmp_path / "tb")
+    rows, meta = run_cell(cell, CellOptions(log_dir=tmp_path / "tb"))
     assert rows[0]["status"] == "ok"
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
     assert [e.step for e in events.Scalars("valid_accuracy")] == [2, 4]
