@@ -9,7 +9,7 @@ import pytest
 # Small enough to finish in seconds; the real smoke budget is tested in test_smoke.py.
 FAST = [
     "--set", "train.max_steps=12", "--set", "train.eval_every=6", "--set", "train.batch_size=16",
-    "--set", "task.num_train=320", "--set", "task.num_test=32",
+    "--set", "task.num_train=320", "--set", "task.num_test=32", "--lrs", "3e-3",
 ]  # fmt: skip
 
 

@@ -29,7 +29,7 @@ OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = tmp_path_factory.mktemp("runs")
-    (cell,) = plan_cells(["mla"], "smoke", overrides=TRAIN)
+    (cell,) = plan_cells(["mla"], "smoke", overrides=TRAIN, lrs=[3e-3])
     store = ResultStore(out)
     run_cells([cell], store, checkpoints=out / "checkpoints")
     rows = store.read()

@@ -28,7 +28,7 @@ def test_training_curve_goes_to_tensorboard(tmp_path):
         "task.num_train=64",
         "task.num_test=16",
     ]
-    (cell,) = plan_cells(["gdn"], "smoke", None, overrides, None)
+    (cell,) = plan_cells(["gdn"], "smoke", None, overrides, None, lrs=[3e-3])
     rows, meta = run_cell(cell, CellOptions(log_dir=tmp_path / "tb"))
     assert rows[0]["status"] == "ok"
     events = EventAccumulator(str(tmp_path / "tb")).Reload()
