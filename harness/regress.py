@@ -113,7 +113,7 @@ def regress(
         cell
         for model in models
         for cell in plan_cells(
-            [model], suite, scale, [f"train.lr={float(best_lrs[model])!r}", f"train.device={device}"], [seed]
+            [model], suite, scale, [f"train.device={device}"], [seed], lrs=[float(best_lrs[model])]
         )
     ]
     store = ResultStore(out)
