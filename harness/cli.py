@@ -274,6 +274,9 @@ def regress(
     k: Annotated[float, typer.Option(help="Allowed drop in baseline seed standard deviations.")] = 3.0,
     min_tolerance: Annotated[float, typer.Option(help="Allowed drop at least this (absolute).")] = 0.03,
     device: Annotated[str, typer.Option(help="Device of the rerun (the baseline's is the CPU).")] = "cpu",
+    workers: Annotated[
+        int | None, typer.Option(help="Run the cells in this many processes at once (CPU cores shared out).")
+    ] = None,
 ) -> None:
     """Rerun a baseline's cells and fail (exit 1) with a table when a metric drops beyond its tolerance."""
     _load_plugins()
@@ -290,6 +293,7 @@ def regress(
         tuple(_split(metrics)),
         Tolerance(k, min_tolerance),
         device,
+        workers,
     )
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "regress.csv", index=False)

@@ -95,8 +95,11 @@ def regress(
     metrics: tuple[str, ...] = ("accuracy",),
     tolerance: Tolerance = Tolerance(),
     device: str = "cpu",
+    workers: int | None = None,
 ) -> tuple[bool, str, pd.DataFrame]:
-    """Rerun the baseline's cells (first seed, chosen models) into `out`, compare. Returns (passed, text, table)."""
+    """Rerun the baseline's cells (first seed, chosen models) into `out`, compare. Returns (passed, text, table).
+    With `workers`, the cells run in that many processes at once (the pool launcher), else one after another."""
+    from harness.launchers import LaunchOptions, make_launcher
     from harness.sweep import plan_cells, run_cells
 
     baseline = baseline_rows(baseline_dir)
@@ -117,7 +120,8 @@ def regress(
         )
     ]
     store = ResultStore(out)
-    run_cells(cells, store)
+    launcher = None if workers is None else make_launcher("pool", LaunchOptions(workers=workers))
+    run_cells(cells, store, launcher=launcher)
     candidate = store.read()
     candidate = candidate[candidate["run_id"].isin({c.id for c in cells})]
     table = compare(baseline, candidate, list(metrics), tolerance)

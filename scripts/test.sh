@@ -9,4 +9,4 @@ export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ruff check .
 ruff format --check .
 python -m pytest -q "$@"
-harness regress --baseline results/smoke-cpu --out "$(mktemp -d)/regress"
+harness regress --baseline results/smoke-cpu --workers 2 --out "$(mktemp -d)/regress"
