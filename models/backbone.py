@@ -33,7 +33,8 @@ class Mixer(nn.Module):
     `forward(x, state=None, attention_mask=None)`: `state` is this layer's dict of the decoding cache (None when
     training): the mixer continues from what it holds and updates it in place. `attention_mask` (B, past + T) marks
     real tokens 1 and pads 0 for every token seen so far (left padding); pads must leave the outputs of real tokens
-    as they are without them.
+    as they are without them. Training calls `forward(x)` alone, so a new mixer can be trained and compared before
+    it supports decoding (generate() then fails on it with a TypeError).
     """
 
     Config: ClassVar[type]
@@ -124,7 +125,11 @@ class Block(nn.Module):
     def forward(
         self, x: Tensor, state: dict[str, Tensor] | None = None, attention_mask: Tensor | None = None
     ) -> Tensor:
-        x = x + self.mixer(self.mixer_norm(x), state=state, attention_mask=attention_mask)
+        if state is None and attention_mask is None:
+            # training and plain scoring: a mixer needs no decoding support to be trained and evaluated
+            x = x + self.mixer(self.mixer_norm(x))
+        else:
+            x = x + self.mixer(self.mixer_norm(x), state=state, attention_mask=attention_mask)
         if self.mlp is not None:
             x = x + self.mlp(self.mlp_norm(x))
         return x

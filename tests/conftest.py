@@ -1,5 +1,12 @@
+import os
+
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    # Triton runs on the CPU only in its interpreter, and triton.jit reads this when a function is decorated: it
+    # must be set before anything imports triton (transformers may, long before the kernel tests are collected).
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 def pytest_collection_modifyitems(config, items):
