@@ -112,9 +112,11 @@ def regress(
     baseline = baseline[baseline["model"].map(best_lrs) == baseline["lr"]]
     seed = int(baseline["seed"].min())
     suite, scale = baseline["suite"].iloc[0], baseline["scale"].iloc[0]
+    # longest cells first (the baseline's steps), so that parallel workers finish together
+    steps = baseline.groupby("model")["steps"].mean()
     cells = [
         cell
-        for model in models
+        for model in sorted(models, key=lambda m: -steps[m])
         for cell in plan_cells(
             [model], suite, scale, [f"train.device={device}"], [seed], lrs=[float(best_lrs[model])]
         )
