@@ -35,7 +35,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
     ok = rows[(rows["status"] == "ok") & rows["metric"].notna()].copy()
     if ok.empty:
         return pd.DataFrame()
-    ok["task_setting"] = ok["task_setting"].fillna("") if "task_setting" in ok else ""
+    ok["task_setting"] = ok["task_setting"].fillna("")  # rows written before the column existed have None
 
     def one(group: pd.DataFrame) -> pd.Series:
         mean, ci95, _ = mean_interval(group["value"].astype(float).tolist())
@@ -69,6 +69,15 @@ def best_lr(summary: pd.DataFrame) -> pd.DataFrame:
     tried = summary.groupby(keys, dropna=False)["lr"].nunique().rename("lrs").reset_index()
     table = summary.merge(best, on=keys + ["lr"]).merge(tried, on=keys)
     return table.reset_index(drop=True)
+
+
+def best_curves(rows: pd.DataFrame, best: pd.DataFrame, store) -> pd.DataFrame:
+    """The stored training curves of the finished cells at each model's best lr (`store.read_curves`)."""
+    keys = ["model", "task", "task_setting", "lr"]
+    at_best = rows.assign(task_setting=rows["task_setting"].fillna("")).merge(
+        best[keys].drop_duplicates(), on=keys
+    )
+    return store.read_curves(at_best[at_best["status"] == "ok"])
 
 
 def pivot(best: pd.DataFrame) -> pd.DataFrame:
@@ -189,11 +198,6 @@ def write_report(
     if figures and not best.empty:
         from harness.figures import draw_all
 
-        keys = ["model", "task", "task_setting", "lr"]
-        at_best = rows.assign(task_setting=rows["task_setting"].fillna("")).merge(
-            best[keys].drop_duplicates(), on=keys
-        )
-        curves = store.read_curves(at_best[at_best["status"] == "ok"])
-        written += draw_all(best, curves, directory, name, metric)
+        written += draw_all(best, best_curves(rows, best, store), directory, name, metric)
     text.append("written: " + ", ".join(str(p) for p in written))
     return "\n\n".join(text)
