@@ -29,9 +29,17 @@ from harness.train import (
 )
 from models.backbone import LanguageModel, ModelConfig
 from tasks.base import Slice
+from tasks.lm import LanguageModelling
 
 # Metrics reported per slice; scaled_accuracy, (accuracy - chance) / (1 - chance), only for tasks with a chance level.
-HIGHER_IS_BETTER = {"accuracy": True, "sequence_accuracy": True, "scaled_accuracy": True, "loss": False}
+HIGHER_IS_BETTER = {
+    "accuracy": True,
+    "sequence_accuracy": True,
+    "scaled_accuracy": True,
+    "loss": False,
+    "perplexity": False,
+    "unigram_loss": False,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,17 +89,22 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
     options = options or CellOptions()
     start = time.perf_counter()
     base = _base_row(cell)
+    task = TASKS.get(cell.task_name)()
     try:
-        train_slices = task_data(cell.task_name, cell.task, "train", cell.seed)
         valid_slices = task_data(cell.task_name, cell.task, "valid", cell.seed)
-        test_slices = drop_seen(task_data(cell.task_name, cell.task, "test", cell.seed), train_slices)
+        if hasattr(task, "training_stream"):  # a corpus: batches are cut from a token stream
+            train_data = task.training_stream(cell.task, cell.seed)
+            test_slices = task_data(cell.task_name, cell.task, "test", cell.seed)
+        else:
+            train_data = task_data(cell.task_name, cell.task, "train", cell.seed)
+            test_slices = drop_seen(task_data(cell.task_name, cell.task, "test", cell.seed), train_data)
         device = resolve_device(cell.train.device)
         torch.manual_seed(cell.seed)
         model = LanguageModel(cell.model)
         base.update(_model_columns(model, cell, device))
         outcome = train(
             model,
-            train_slices,
+            train_data,
             valid_slices,
             cell.train,
             cell.seed,
@@ -101,12 +114,18 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
             log_dir=options.log_dir,
         )
         metrics = evaluate(model, test_slices, cell.train, device)
+        extra_rows = []
+        if isinstance(task, LanguageModelling):
+            from harness.lm import language_model_rows
+
+            extra_rows = language_model_rows(
+                model, task, cell, test_slices, metrics, outcome, device, options
+            )
     except torch.cuda.OutOfMemoryError as err:
         return [_failure_row(base, "oom", err, start)], {}
     except Exception as err:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         return [_failure_row(base, "failed", err, start)], {"traceback": traceback.format_exc()}
     status = "diverged" if outcome.diverged else "ok"
-    task = TASKS.get(cell.task_name)()
     for piece in test_slices:
         chance = task.chance_accuracy(cell.task, piece.name)
         if chance is not None:
@@ -118,6 +137,7 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
             save_checkpoint(model, cell, test_slices, options.save_dir, outcome, metrics)
         )
     rows = _metric_rows(base, metrics, outcome, status, model, test_slices)
+    rows += [dict(_row_defaults(base, outcome, status), **row) for row in extra_rows]
     for row in rows:
         row["wall_s"] = round(time.perf_counter() - start, 3)
     return rows, meta
@@ -184,7 +204,7 @@ def _metric_rows(base, metrics, outcome: TrainResult, status, model: LanguageMod
             n = metrics[piece.name]["n_sequences" if metric == "sequence_accuracy" else "n_tokens"]
             # binomial standard error for accuracies (tokens of one sequence are not independent: a lower bound)
             p = metrics[piece.name]["accuracy"] if metric == "scaled_accuracy" else value
-            stderr = math.sqrt(p * (1 - p) / n) if metric != "loss" and n else None
+            stderr = math.sqrt(p * (1 - p) / n) if metric in ACCURACIES and n else None
             if metric == "scaled_accuracy" and stderr is not None:
                 stderr /= 1 - metrics[piece.name]["chance"]
             rows.append(
@@ -204,6 +224,14 @@ def _metric_rows(base, metrics, outcome: TrainResult, status, model: LanguageMod
                 )
             )
     return rows
+
+
+ACCURACIES = ("accuracy", "sequence_accuracy", "scaled_accuracy")
+
+
+def _row_defaults(base: dict, outcome: TrainResult, status: str) -> dict[str, Any]:
+    """What a row that is not one slice's metric (throughput, lm-eval scores) shares with the cell's rows."""
+    return dict(base, steps=outcome.steps, tokens_seen=outcome.tokens_seen, status=status, error=None)
 
 
 def _slice_seq_len(piece: Slice) -> int:

@@ -1,5 +1,6 @@
 """A trained cell saved as a transformers checkpoint: safetensors weights + config (`harness_lm`) + a word-level
-tokenizer of the task's vocabulary + the cell's provenance + its test slices as lm-eval tasks.
+tokenizer of the task's vocabulary (a corpus task's own tokenizer) + the cell's provenance + its test slices as
+lm-eval tasks (a corpus task's held-out documents).
 
     DIR/model.safetensors, config.json, generation_config.json     AutoModelForCausalLM.from_pretrained(DIR)
     DIR/tokenizer.json, tokenizer_config.json                      AutoTokenizer.from_pretrained(DIR)
@@ -45,22 +46,28 @@ def save_checkpoint(
 ) -> Path:
     """Save a trained LanguageModel of `cell` under `path` (see the module docstring)."""
     from harness.hf_model import HarnessForCausalLM
-    from harness.lm_eval_tasks import export_task
+    from harness.lm_eval_tasks import export_corpus_task, export_task
     from harness.registry import TASKS
 
     path = Path(path)
-    words = TASKS.get(cell.task_name)().vocabulary(cell.task)
-    if len(words) != model.config.vocab_size:
-        raise ValueError(
-            f"task {cell.task_name} has {len(words)} words but the model {model.config.vocab_size} tokens"
-        )
-    tokenizer = build_tokenizer(words)
+    task = TASKS.get(cell.task_name)()
+    if hasattr(task, "tokenizer"):
+        # a text corpus: its own tokenizer (end-of-text and pad are in the trained vocabulary already)
+        tokenizer, added = task.tokenizer(cell.task), 0
+        tasks = export_corpus_task(task, cell.task, path / "lm_eval_tasks")
+    else:
+        words = task.vocabulary(cell.task)
+        if len(words) != model.config.vocab_size:
+            raise ValueError(
+                f"task {cell.task_name} has {len(words)} words but the model {model.config.vocab_size} tokens"
+            )
+        tokenizer, added = build_tokenizer(words), 2
+        tasks = export_task(cell.task_name, cell.task, test_slices, path / "lm_eval_tasks")
     hf = HarnessForCausalLM.from_language_model(
-        model, added_tokens=2, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
+        model, added_tokens=added, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
     hf.save_pretrained(path)
     tokenizer.save_pretrained(path)
-    tasks = export_task(cell.task_name, cell.task, test_slices, path / "lm_eval_tasks")
     provenance = dict(
         cell_id=cell.id,
         label=cell.label,

@@ -229,11 +229,12 @@ def report(
     out: OutOption = Path("runs"),
     suite: Annotated[str | None, typer.Option(help="Only this suite.")] = None,
     metric: Annotated[
-        str,
+        str | None,
         typer.Option(
-            help="Metric of the printed tables (accuracy, sequence_accuracy, scaled_accuracy, loss)."
+            help="Metrics of the printed tables, comma-separated (accuracy, sequence_accuracy, scaled_accuracy, loss,"
+            " perplexity, ...); default: accuracy, and for language modelling perplexity, throughput and lm-eval."
         ),
-    ] = "accuracy",
+    ] = None,
     figures: Annotated[
         bool,
         typer.Option(
@@ -256,8 +257,9 @@ def report(
     if rows.empty:
         raise HarnessError(f"no results in {out}/ for suite {suite}")
     known = set(rows["metric"].dropna())
-    if known and metric not in known:
-        raise HarnessError(f"no metric '{metric}' in {out}/; it has: {', '.join(sorted(known))}")
+    missing = [m for m in (metric or "").split(",") if m and m not in known]
+    if known and missing:
+        raise HarnessError(f"no metric '{missing[0]}' in {out}/; it has: {', '.join(sorted(known))}")
     typer.echo(write_report(rows, store, out / "report", suite or "all", metric, figures))
 
 

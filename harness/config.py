@@ -116,7 +116,37 @@ def to_dict(config: Any) -> Any:
     return config
 
 
+# Metadata of a field added to a config after results were stored: while it holds its default it is left out of
+# hashes, so that cells planned before it existed keep their ids (and a resumed sweep does not redo them).
+ADDED_LATER = {"hash_when_default": False}
+
+
 def config_hash(config: Any) -> str:
     """Content hash of a config: equal configs, equal hashes, whatever the construction order."""
-    text = json.dumps(to_dict(config), sort_keys=True, default=str)
+    text = json.dumps(_hash_view(config), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _hash_view(config: Any) -> Any:
+    """to_dict, less the fields marked ADDED_LATER that hold their default."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        view = {}
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if f.metadata.get("hash_when_default", True) is False and value == _default(f):
+                continue
+            view[f.name] = _hash_view(value)
+        return view
+    if isinstance(config, dict):
+        return {str(k): _hash_view(v) for k, v in config.items()}
+    if isinstance(config, tuple | list):
+        return [_hash_view(v) for v in config]
+    return config
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING

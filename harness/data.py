@@ -17,21 +17,14 @@ import numpy as np
 
 from harness.config import config_hash, to_dict
 from harness.registry import TASKS
-from tasks.base import Slice
-
-
-def cache_root() -> Path | None:
-    setting = os.environ.get("HARNESS_CACHE", "")
-    if setting.lower() == "off":
-        return None
-    return Path(setting) if setting else Path.home() / ".cache" / "harness" / "data"
+from tasks.base import Slice, cache_root
 
 
 def task_data(task_name: str, config: Any, split: str, seed: int) -> list[Slice]:
     """The slices of one split, from the cache when present, else generated and stored."""
     task = TASKS.get(task_name)()
     root = cache_root()
-    if root is None:
+    if root is None or not task.cache_slices:
         return task.generate(config, split, seed)
     key = config_hash(
         dict(task=task_name, version=task.version, config=to_dict(config), split=split, seed=seed)

@@ -122,3 +122,33 @@ def export_suite(suite_name: str, scale: str | None, out: str | Path, seed: int 
         export_task(task_name, config, test, out, group)
         exported[group] = config
     return exported
+
+
+def export_corpus_task(task, config: Any, out: str | Path, name: str = "harness_corpus") -> list[str]:
+    """Held-out documents of a corpus task (tasks/lm.py) as one lm-eval perplexity task: output_type
+    `loglikelihood_rolling` over each document's text, scored as word and byte perplexity and bits per byte
+    (comparable across tokenizers)."""
+    from harness.lm import corpus_documents
+
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    texts = corpus_documents(task, config, config.lm_eval_documents, max_tokens=4 * config.seq_len)
+    data = out / f"{name}.jsonl"
+    data.write_text("".join(json.dumps(dict(text=text)) + "\n" for text in texts))
+    spec = {
+        "task": name,
+        "dataset_path": "json",
+        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "test_split": "test",
+        "output_type": "loglikelihood_rolling",
+        "doc_to_text": "",
+        "doc_to_target": "{{text}}",
+        "metric_list": [
+            {"metric": "word_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+            {"metric": "byte_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
+            {"metric": "bits_per_byte", "aggregation": "bits_per_byte", "higher_is_better": False},
+        ],
+        "metadata": dict(version=task.version, harness_task="lm", corpus=config.corpus),
+    }
+    (out / f"{name}.yaml").write_text(json.dumps(spec, indent=1) + "\n")
+    return [name]

@@ -45,7 +45,7 @@ def summarize(rows: pd.DataFrame) -> pd.DataFrame:
                 ci95=ci95,
                 seeds=group["seed"].nunique(),
                 params=int(group["params"].iloc[0]),
-                state=int(group["state_size"].iloc[0]),
+                state=int(group["state_size"].iloc[0]) if pd.notna(group["state_size"].iloc[0]) else None,
                 steps=int(group["steps"].mean()),
                 higher_is_better=bool(group["higher_is_better"].iloc[0]),
                 kernel=group["kernel_impl"].iloc[0],
@@ -124,8 +124,9 @@ def pivot_markdown(best: pd.DataFrame) -> str:
     ):
         shown = group.drop(columns=["suite", "scale", "task", "metric"]).dropna(axis=1, how="all")
         shown = shown.loc[:, (shown != "").any(axis=0)]
-        shown["params"] = shown["params"].map(human)
-        shown["state"] = shown["state"].map(human)
+        for column in ("params", "state"):  # rows of no slice (throughput, lm-eval) have no state size
+            if column in shown:
+                shown[column] = shown[column].map(human)
         shown["lr"] = [
             f"{lr:g} (best of {n})" if n > 1 else f"{lr:g}"
             for lr, n in zip(shown["lr"], shown["lrs"], strict=True)
@@ -154,7 +155,8 @@ def write_csv(table: pd.DataFrame, path: Path) -> Path:
 
 def slice_sort_key(name: str) -> tuple:
     """'seq_len=64,pairs=8' sorts by (64, 8): numbers in the order they appear, numerically."""
-    return tuple(float(x) for x in re.findall(r"=(-?[\d.]+)", name or "")), name or ""
+    name = name if isinstance(name, str) else ""  # rows without a slice (lm-eval scores) have NaN there
+    return tuple(float(x) for x in re.findall(r"=(-?[\d.]+)", name)), name
 
 
 def format_mean_ci(mean: float, ci95: float) -> str:
@@ -171,23 +173,48 @@ def human(n: float) -> str:
     return str(int(n))
 
 
+# Printed by default: accuracy for the probes; for language modelling, perplexity at each length with the unigram
+# reference and throughput, and lm-eval's scores (bits per byte for the corpus task, acc for standard tasks).
+DEFAULT_METRICS = (
+    "accuracy",
+    "perplexity",
+    "unigram_loss",
+    "tokens_per_s",
+    "peak_memory_gib",
+    "bits_per_byte",
+    "acc",
+)
+
+
+def shown_metrics(best: pd.DataFrame, metric: str | None) -> pd.DataFrame:
+    """The rows of the tables to print: `metric` (comma-separated names), or DEFAULT_METRICS where present
+    (next-token accuracy is left out for tasks that report perplexity)."""
+    if best.empty:
+        return best
+    if metric:
+        return best[best["metric"].isin(metric.split(","))]
+    shown = best[best["metric"].isin(DEFAULT_METRICS)]
+    with_perplexity = set(best.loc[best["metric"] == "perplexity", "task"])
+    return shown[~((shown["metric"] == "accuracy") & shown["task"].isin(with_perplexity))]
+
+
 def write_report(
     rows: pd.DataFrame,
     store,
     directory: Path,
     name: str,
-    metric: str = "accuracy",
+    metric: str | None = None,
     figures: bool = False,
     model_order: list[str] | None = None,
 ) -> str:
     """Aggregate `rows`, write NAME.csv (best lr, every metric, tidy), NAME_pivot.csv, NAME_all_lrs.csv and, with
-    `figures`, the PNGs under DIRECTORY; return the markdown to print (pivot tables of `metric`, failures, paths)."""
+    `figures`, the PNGs under DIRECTORY; return the markdown to print (pivot tables of `metric`, default
+    DEFAULT_METRICS, failures, paths)."""
     summary = summarize(rows)
     best = best_lr(summary)
     if model_order and not best.empty:
         best = best.sort_values("model", key=lambda names: names.map(model_order.index), kind="stable")
-    shown = best[best["metric"] == metric] if not best.empty else best
-    text = [pivot_markdown(shown)]
+    text = [pivot_markdown(shown_metrics(best, metric))]
     if failed := failures_markdown(rows):
         text.append("Cells that did not finish normally:\n\n" + failed)
     written = [
@@ -198,6 +225,7 @@ def write_report(
     if figures and not best.empty:
         from harness.figures import draw_all
 
-        written += draw_all(best, best_curves(rows, best, store), directory, name, metric)
+        drawn_metric = (metric or "accuracy").split(",")[0]
+        written += draw_all(best, best_curves(rows, best, store), directory, name, drawn_metric)
     text.append("written: " + ", ".join(str(p) for p in written))
     return "\n\n".join(text)

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -16,7 +17,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from harness.config import ADDED_LATER
 from tasks.base import IGNORE, Slice
+
+SCHEDULES = ("cosine", "wsd")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,7 +34,12 @@ class TrainConfig:
     warmup_steps: int = 100
     """Linear warmup from 0 to lr."""
     min_lr_ratio: float = 0.1
-    """Cosine decay ends at lr * min_lr_ratio at max_steps."""
+    """The schedule ends at lr * min_lr_ratio at max_steps."""
+    schedule: str = field(default="cosine", metadata=ADDED_LATER)
+    """After warmup: 'cosine' (decay over all remaining steps) or 'wsd' (warmup-stable-decay: constant lr, then a
+    linear decay over the last `decay_fraction` of the steps)."""
+    decay_fraction: float = field(default=0.2, metadata=ADDED_LATER)
+    """Share of max_steps that the 'wsd' schedule spends decaying."""
     max_steps: int = 2000
     """Optimizer steps unless early stopping ends training first."""
     batch_size: int = 64
@@ -47,6 +56,12 @@ class TrainConfig:
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     dtype: str = "bf16"
     """Autocast dtype on CUDA: 'bf16', 'fp16' or 'fp32'. CPU always trains in fp32."""
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
 
 
 @dataclass
@@ -114,9 +129,21 @@ def autocast_dtype(config: TrainConfig, device: torch.device) -> torch.dtype | N
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[config.dtype]
 
 
+# One training batch: token ids (B, T), target ids (B, T) with IGNORE where unscored, and document ids (B, T) that
+# tell packed documents apart (None: each row is one sequence).
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+
+
+class TrainingStream(Protocol):
+    """Training data too large to hold as slices (a tokenised corpus) makes its own batches (numpy or torch)."""
+
+    def batches(self, batch_size: int, seed: int, skip: int = 0) -> Iterator[Batch]:
+        """Endless batches, the same for the same seed; the first `skip` are passed over (to resume at a step)."""
+
+
 def train(
     model: nn.Module,
-    train_slices: list[Slice],
+    train_slices: Sequence[Slice] | TrainingStream,
     valid_slices: list[Slice],
     config: TrainConfig,
     seed: int,
@@ -128,7 +155,8 @@ def train(
     """Train in place; returns step count, tokens seen, divergence and the validation history.
 
     Every `eval_every` steps the history gets one point: step, tokens, mean training loss since the last point,
-    validation loss and accuracy (means over slices) and the current lr. With `log_dir`, the same goes to
+    validation loss and accuracy (means over slices), the current lr, training throughput since the last point
+    (tokens/s, evaluation excluded) and peak memory so far (GiB: CUDA allocations, or the process's RSS on a CPU). With `log_dir`, the same goes to
     TensorBoard. With `checkpointing`, the model, optimizer, schedule, RNG states, step and history are saved now
     and then, and a run that finds a checkpoint continues from it (the batch order is replayed from the seed).
     """
@@ -141,7 +169,10 @@ def train(
     first = 1
     if checkpointing is not None and checkpointing.path.exists():
         first = load_checkpoint(checkpointing.path, model, optimizer, schedule, result, device) + 1
-    batches = batch_stream(train_slices, config.batch_size, seed, skip=first - 1)
+    if hasattr(train_slices, "batches"):  # a TrainingStream
+        batches = train_slices.batches(config.batch_size, seed, skip=first - 1)
+    else:
+        batches = batch_stream(train_slices, config.batch_size, seed, skip=first - 1)
     amp = autocast_dtype(config, device)
     bar = tqdm(
         total=config.max_steps,
@@ -152,10 +183,15 @@ def train(
         dynamic_ncols=True,
     )
     last_save = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    window_start, window_tokens = time.perf_counter(), 0
     for step in range(first, config.max_steps + 1):
-        inputs, labels = (t.to(device, non_blocking=True) for t in next(batches))
+        inputs, labels, segments = (
+            None if t is None else torch.as_tensor(t).to(device, non_blocking=True) for t in next(batches)
+        )
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-            logits = model(inputs)
+            logits = model(inputs) if segments is None else model(inputs, segment_ids=segments)
         loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
         if not torch.isfinite(loss):
             result.diverged = True
@@ -169,9 +205,11 @@ def train(
         schedule.step()
         result.steps = step
         result.tokens_seen += inputs.numel()
+        window_tokens += inputs.numel()
         result.loss_sum, result.loss_count = result.loss_sum + loss.item(), result.loss_count + 1
         bar.update(1)
         if step % config.eval_every == 0 or step == config.max_steps:
+            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
             metrics = evaluate(model, valid_slices, config, device)
             point = dict(
                 step=step,
@@ -180,16 +218,19 @@ def train(
                 valid_loss=float(np.nanmean([m["loss"] for m in metrics.values()])),
                 valid_accuracy=float(np.nanmean([m["accuracy"] for m in metrics.values()])),
                 current_lr=schedule.get_last_lr()[0],
+                tokens_per_s=tokens_per_s,
+                peak_memory_gib=peak_memory_gib(device),
             )
             result.history.append(point)
             result.loss_sum, result.loss_count = 0.0, 0
             if writer is not None:
-                for key in ("train_loss", "valid_loss", "valid_accuracy", "current_lr"):
+                for key in ("train_loss", "valid_loss", "valid_accuracy", "current_lr", "tokens_per_s"):
                     writer.add_scalar(key, point[key], step)
                 writer.flush()
             accuracy = point["valid_accuracy"]
             bar.set_postfix(loss=f"{point['train_loss']:.3f}", valid_acc=f"{accuracy:.3f}")
             model.train()
+            window_start, window_tokens = time.perf_counter(), 0
             if config.target_accuracy is not None and accuracy >= config.target_accuracy:
                 break
         if checkpointing is not None and checkpointing.due(step, time.perf_counter() - last_save):
@@ -251,10 +292,9 @@ def evaluate(
             continue
         correct = total = sequences_right = loss_sum = 0.0
         for i in range(0, len(piece), config.eval_batch_size):
-            inputs = torch.from_numpy(piece.inputs[i : i + config.eval_batch_size]).to(device)
-            labels = torch.from_numpy(piece.labels[i : i + config.eval_batch_size]).to(device)
+            inputs, labels, segments = slice_batch(piece, i, i + config.eval_batch_size, device)
             with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(inputs)
+                logits = model(inputs) if segments is None else model(inputs, segment_ids=segments)
             scored = labels != IGNORE
             hits = (logits.argmax(-1) == labels) & scored
             correct += hits.sum().item()
@@ -273,6 +313,43 @@ def evaluate(
     return results
 
 
+def slice_batch(piece: Slice, start: int, end: int, device: torch.device) -> Batch:
+    """Examples start:end of a slice as tensors on `device`."""
+    inputs = torch.from_numpy(piece.inputs[start:end]).to(device)
+    labels = torch.from_numpy(piece.labels[start:end]).to(device)
+    segments = None if piece.segments is None else torch.from_numpy(piece.segments[start:end]).to(device)
+    return inputs, labels, segments
+
+
+@torch.no_grad()
+def loss_by_position(model: nn.Module, piece: Slice, config: TrainConfig, device: torch.device) -> np.ndarray:
+    """Mean loss at every position of a slice's examples (NaN where no example is scored): (T,) float64."""
+    model.eval()
+    amp = autocast_dtype(config, device)
+    total = np.zeros(piece.inputs.shape[1])
+    count = np.zeros(piece.inputs.shape[1])
+    for i in range(0, len(piece), config.eval_batch_size):
+        inputs, labels, segments = slice_batch(piece, i, i + config.eval_batch_size, device)
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(inputs) if segments is None else model(inputs, segment_ids=segments)
+        losses = F.cross_entropy(
+            logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
+        )  # (B, T), 0 where ignored
+        total += losses.sum(0).double().cpu().numpy()
+        count += (labels != IGNORE).sum(0).cpu().numpy()
+    with np.errstate(invalid="ignore"):
+        return total / count
+
+
+def peak_memory_gib(device: torch.device) -> float:
+    """Peak CUDA memory allocated on `device` since training began, or this process's peak RSS on a CPU."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+
+
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     decay, no_decay = [], []
     for param in model.parameters():
@@ -287,21 +364,36 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def lr_factor(step: int, config: TrainConfig) -> float:
-    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps."""
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps ('cosine'), or constant until the last
+    decay_fraction of the steps and a linear decay to min_lr_ratio over them ('wsd')."""
     if step < config.warmup_steps:
         return (step + 1) / config.warmup_steps
+    floor = config.min_lr_ratio
+    if config.schedule == "wsd":
+        decay_start = max(
+            config.warmup_steps, config.max_steps - round(config.decay_fraction * config.max_steps)
+        )
+        progress = min(1.0, max(0, step - decay_start) / max(1, config.max_steps - decay_start))
+        return 1 - (1 - floor) * progress
     progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
-    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def batch_stream(slices: list[Slice], batch_size: int, seed: int, skip: int = 0):
     """Endless shuffled batches; each batch comes from one slice, so no padding is needed for mixed lengths.
     The first `skip` batches are passed over without being built (to resume at a step)."""
     rng = np.random.default_rng(seed)
-    data = [(torch.from_numpy(s.inputs), torch.from_numpy(s.labels)) for s in slices]
+    data = [
+        (
+            torch.from_numpy(s.inputs),
+            torch.from_numpy(s.labels),
+            None if s.segments is None else torch.from_numpy(s.segments),
+        )
+        for s in slices
+    ]
     while True:
         epoch = []
-        for index, (inputs, _) in enumerate(data):
+        for index, (inputs, _, _) in enumerate(data):
             order = rng.permutation(len(inputs))
             epoch += [
                 (index, order[i : i + batch_size]) for i in range(0, len(order) - batch_size + 1, batch_size)
@@ -313,5 +405,5 @@ def batch_stream(slices: list[Slice], batch_size: int, seed: int, skip: int = 0)
                 skip -= 1
                 continue
             index, rows = epoch[position]
-            inputs, labels = data[index]
-            yield inputs[rows], labels[rows]
+            inputs, labels, segments = data[index]
+            yield inputs[rows], labels[rows], None if segments is None else segments[rows]

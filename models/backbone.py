@@ -8,6 +8,11 @@ config has `block_mlp = False` gets a block without the MLP (Mamba2 as in its pa
 Decoding: `LanguageModel.forward(ids, cache=ModelCache(...), attention_mask=...)` runs a prompt and then one token
 at a time, each mixer keeping what it needs in its layer's dict of the cache. Without a cache and a mask the
 forward is the training path, unchanged.
+
+Packed documents: `LanguageModel.forward(ids, segment_ids=...)` keeps documents packed into one row apart (a token
+mixes only with earlier tokens of its own document). Mixers that say `supports_segments` do it themselves
+(variable-length kernels, block-diagonal attention masks); for a model with any other mixer the backbone cuts
+the rows into one sequence per document instead, which resets every state at a boundary at the cost of padding.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from torch import Tensor, nn
 
 from harness.registry import MIXERS
 
-from .layers import RMSNorm
+from .layers import PackedDocuments, RMSNorm
 
 
 class Mixer(nn.Module):
@@ -38,6 +43,9 @@ class Mixer(nn.Module):
     """
 
     Config: ClassVar[type]
+    supports_segments: ClassVar[bool] = False
+    """True if `forward(x, documents=PackedDocuments(...))` keeps documents packed into a row apart; otherwise the
+    backbone runs each document as its own sequence."""
 
     def init_weights(self, std: float) -> None:
         """Initialise plain weights (special parameters such as A_log were set in __init__). Default: normal(0, std)
@@ -123,9 +131,15 @@ class Block(nn.Module):
             self.mlp = SwiGLU(config.d_model, config.mlp_ratio)
 
     def forward(
-        self, x: Tensor, state: dict[str, Tensor] | None = None, attention_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        state: dict[str, Tensor] | None = None,
+        attention_mask: Tensor | None = None,
+        documents: PackedDocuments | None = None,
     ) -> Tensor:
-        if state is None and attention_mask is None:
+        if documents is not None:
+            x = x + self.mixer(self.mixer_norm(x), documents=documents)
+        elif state is None and attention_mask is None:
             # training and plain scoring: a mixer needs no decoding support to be trained and evaluated
             x = x + self.mixer(self.mixer_norm(x))
         else:
@@ -183,11 +197,27 @@ class LanguageModel(nn.Module):
                 normal_init_linears(block.mlp, std)
 
     def forward(
-        self, input_ids: Tensor, cache: ModelCache | None = None, attention_mask: Tensor | None = None
+        self,
+        input_ids: Tensor,
+        cache: ModelCache | None = None,
+        attention_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
     ) -> Tensor:  # (B, T) -> (B, T, vocab)
-        """Logits. With a cache, continue from it (and update it); attention_mask (B, past + T): 1 real, 0 pad."""
+        """Logits. With a cache, continue from it (and update it); attention_mask (B, past + T): 1 real, 0 pad.
+        segment_ids (B, T): documents packed into a row, kept apart (see the module docstring)."""
+        if segment_ids is not None:
+            if cache is not None or attention_mask is not None:
+                raise ValueError(
+                    "segment_ids is for training and scoring packed rows, not with a cache or mask"
+                )
+            if not all(block.mixer.supports_segments for block in self.blocks):
+                return per_document(self, input_ids, segment_ids)
+        documents = None if segment_ids is None else PackedDocuments(segment_ids)
         x = self.embed(input_ids)
         for i, block in enumerate(self.blocks):
+            if documents is not None:
+                x = block(x, documents=documents)
+                continue
             x = block(x, None if cache is None else cache.layers[i], attention_mask)
         if cache is not None:
             cache.seen_tokens += input_ids.shape[1]
@@ -215,3 +245,18 @@ class LanguageModel(nn.Module):
     def kernel_names(self, device: torch.device | str) -> str:
         """The distinct compute paths of this model's mixers, e.g. 'gdr:torch+sdpa'."""
         return "+".join(dict.fromkeys(block.mixer.kernel_name(device) for block in self.blocks))
+
+
+def per_document(model: LanguageModel, input_ids: Tensor, segment_ids: Tensor) -> Tensor:
+    """model(input_ids) with every document of the packed rows run as its own sequence (right-padded to the
+    longest; a causal model's outputs do not see pads that come after them), put back in place."""
+    B, T = input_ids.shape
+    flat_starts = PackedDocuments(segment_ids).cu_seqlens.tolist()
+    pieces = list(zip(flat_starts[:-1], flat_starts[1:], strict=True))
+    longest = max(end - start for start, end in pieces)
+    flat_ids = input_ids.flatten()
+    docs = flat_ids.new_zeros(len(pieces), longest)
+    for i, (start, end) in enumerate(pieces):
+        docs[i, : end - start] = flat_ids[start:end]
+    logits = model(docs)
+    return torch.cat([logits[i, : end - start] for i, (start, end) in enumerate(pieces)]).view(B, T, -1)

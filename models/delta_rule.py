@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from kernels.gated_delta_rule import gated_delta_rule, resolve_impl
 
 from .backbone import Mixer
-from .layers import ShortConvolution
+from .layers import PackedDocuments, ShortConvolution
 
 
 class DeltaRuleInputs(nn.Module):
@@ -43,18 +43,25 @@ class DeltaRuleInputs(nn.Module):
         self.v_conv = ShortConvolution(width, conv_size)
 
     def forward(
-        self, x: Tensor, state: dict[str, Tensor] | None = None
+        self, x: Tensor, state: dict[str, Tensor] | None = None, documents: PackedDocuments | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """q, k, v, beta of x; with a decoding `state`, the short convolutions continue from (and update) it."""
+        """q, k, v, beta of x; with a decoding `state`, the short convolutions continue from (and update) it; with
+        `documents`, their windows stop at document boundaries."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
         q = F.normalize(
-            short_conv(self.q_conv, self.q_proj(x), state, "q_conv").view(B, T, H, K), dim=-1, eps=1e-6
+            short_conv(self.q_conv, self.q_proj(x), state, "q_conv", documents).view(B, T, H, K),
+            dim=-1,
+            eps=1e-6,
         )
         k = F.normalize(
-            short_conv(self.k_conv, self.k_proj(x), state, "k_conv").view(B, T, H, K), dim=-1, eps=1e-6
+            short_conv(self.k_conv, self.k_proj(x), state, "k_conv", documents).view(B, T, H, K),
+            dim=-1,
+            eps=1e-6,
         )
-        v = short_conv(self.v_conv, self.v_proj(x), state, "v_conv").view(B, T, H, K)  # (B, T, H, V)
+        v = short_conv(self.v_conv, self.v_proj(x), state, "v_conv", documents).view(
+            B, T, H, K
+        )  # (B, T, H, V)
         beta = self.beta_scale * torch.sigmoid(self.b_proj(x).float())  # (B, T, H)
         return q, k, v, beta
 
@@ -62,10 +69,16 @@ class DeltaRuleInputs(nn.Module):
         return self.q_conv.state_size() + self.k_conv.state_size() + self.v_conv.state_size()
 
 
-def short_conv(conv: ShortConvolution, x: Tensor, state: dict[str, Tensor] | None, key: str) -> Tensor:
+def short_conv(
+    conv: ShortConvolution,
+    x: Tensor,
+    state: dict[str, Tensor] | None,
+    key: str,
+    documents: PackedDocuments | None = None,
+) -> Tensor:
     """conv(x); with a decoding state, continued from state[key], which is updated."""
     if state is None:
-        return conv(x)
+        return conv(x, documents)
     y, state[key] = conv.forward_with_state(x, state.get(key))
     return y
 
@@ -82,6 +95,7 @@ class DeltaRuleMixer(Mixer):
     """
 
     gate: ClassVar[str]
+    supports_segments = True  # packed documents: the kernels' variable-length mode (cu_seqlens)
 
     def forget_gate(self, x: Tensor) -> Tensor:
         """Log forget gate g <= 0: (B, T, H) for a scalar gate, (B, T, H, K) per channel; float32."""
@@ -92,24 +106,29 @@ class DeltaRuleMixer(Mixer):
         raise NotImplementedError
 
     def forward(
-        self, x: Tensor, state: dict[str, Tensor] | None = None, attention_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        state: dict[str, Tensor] | None = None,
+        attention_mask: Tensor | None = None,
+        documents: PackedDocuments | None = None,
     ) -> Tensor:
         B, T, _ = x.shape
         H, K = self.config.num_heads, self.config.head_dim
         keep = None if attention_mask is None else attention_mask[:, -T:].bool()  # (B, T)
         if keep is not None:
             x = x.masked_fill(~keep[..., None], 0)
-        q, k, v, beta = self.inputs(x, state)
+        q, k, v, beta = self.inputs(x, state, documents)
         g = self.forget_gate(x)
         if keep is not None:
             beta = beta.masked_fill(~keep[..., None], 0)
             g = g.masked_fill(~keep.view(B, T, *[1] * (g.dim() - 2)), 0)
-        o, final_state = gated_delta_rule(
+        o, final_state = gated_delta_rule_packed(
             q,
             k,
             v,
             g,
             beta,
+            documents,
             gate=self.gate,
             delta=True,
             initial_state=None if state is None else state.get("recurrent"),
@@ -133,3 +152,21 @@ class DeltaRuleMixer(Mixer):
 
     def kernel_name(self, device: torch.device | str) -> str:
         return f"gdr:{resolve_impl(self.kernel_impl, device)}"
+
+
+def gated_delta_rule_packed(
+    q, k, v, g, beta, documents: PackedDocuments | None, **kwargs
+) -> tuple[Tensor, Tensor | None]:
+    """gated_delta_rule; with `documents`, the rows are flattened into one and each document becomes a sequence
+    of the kernels' variable-length mode, so that every state starts from zero at a document."""
+    if documents is None:
+        return gated_delta_rule(q, k, v, g, beta, **kwargs)
+    B, T = documents.segment_ids.shape
+
+    def flat(t):
+        return None if t is None else t.reshape(1, B * T, *t.shape[2:])
+
+    o, _ = gated_delta_rule(
+        flat(q), flat(k), flat(v), flat(g), flat(beta), cu_seqlens=documents.cu_seqlens, **kwargs
+    )
+    return o.view(B, T, *o.shape[2:]), None

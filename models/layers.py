@@ -35,9 +35,18 @@ class ShortConvolution(nn.Module):
             channels, channels, kernel_size, groups=channels, padding=kernel_size - 1, bias=bias
         )
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, C) -> (B, T, C)
+    def forward(
+        self, x: Tensor, documents: PackedDocuments | None = None
+    ) -> Tensor:  # (B, T, C) -> (B, T, C)
+        """With `documents`, a token's window holds only earlier tokens of its own document."""
         T = x.shape[1]
         y = self.conv(x.transpose(1, 2))[..., :T].transpose(1, 2)
+        if documents is not None:
+            # the plain convolution, less the taps that reach into an earlier document (a few tokens per boundary)
+            weight = self.conv.weight[:, 0].flip(-1)  # (C, W): weight[:, j] multiplies x[t - j]
+            for lag in range(1, self.kernel_size):
+                rows, columns = documents.breaks(lag)
+                y = y.index_put((rows, columns), -x[rows, columns - lag] * weight[:, lag], accumulate=True)
         return F.silu(y) if self.activation else y
 
     def forward_with_state(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -77,3 +86,57 @@ def init_gate_parameters(
     A_log._no_weight_decay = True
     dt_bias._no_weight_decay = True
     return A_log, dt_bias
+
+
+class PackedDocuments:
+    """Documents packed into the rows of a (B, T) batch, from their segment ids (equal within a document), in the
+    forms the mixers need; computed once per forward and shared by every layer.
+
+    A document begins at the start of every row and wherever the segment id changes.
+    """
+
+    def __init__(self, segment_ids: Tensor):
+        self.segment_ids = segment_ids
+        self.starts = torch.ones_like(segment_ids, dtype=torch.bool)
+        self.starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+        self._breaks: dict[int, tuple[Tensor, Tensor]] = {}
+        self._cu_seqlens = self._positions = self._mask = None
+
+    @property
+    def cu_seqlens(self) -> Tensor:
+        """Offsets (N + 1,) int32 of the N documents in the batch flattened to one row of B * T tokens: the
+        variable-length input of the gated-delta-rule kernels."""
+        if self._cu_seqlens is None:
+            offsets = self.starts.flatten().nonzero().flatten()
+            end = offsets.new_tensor([self.starts.numel()])
+            self._cu_seqlens = torch.cat([offsets, end]).to(torch.int32)
+        return self._cu_seqlens
+
+    @property
+    def positions(self) -> Tensor:
+        """(B, T) position of every token within its document (0 at each document's first token)."""
+        if self._positions is None:
+            index = torch.arange(self.starts.shape[1], device=self.starts.device).expand_as(self.segment_ids)
+            start_index = torch.where(self.starts, index, torch.zeros_like(index)).cummax(dim=1).values
+            self._positions = index - start_index
+        return self._positions
+
+    @property
+    def attention_mask(self) -> Tensor:
+        """(B, 1, T, T) bool: query t may attend key s <= t of its own document (SDPA's attn_mask)."""
+        if self._mask is None:
+            T = self.segment_ids.shape[1]
+            causal = torch.ones(T, T, dtype=torch.bool, device=self.segment_ids.device).tril()
+            same = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
+            self._mask = (same & causal)[:, None]
+        return self._mask
+
+    def breaks(self, lag: int) -> tuple[Tensor, Tensor]:
+        """(rows, columns) of the tokens t >= lag whose token t - lag lies in an earlier document: where a window
+        of `lag` tokens back crosses a boundary. Few (at most lag per boundary), so fixed up sparsely."""
+        if lag not in self._breaks:
+            ids = self.segment_ids
+            crossed = ids[:, lag:] != ids[:, :-lag]  # (B, T - lag): token t = column + lag
+            rows, columns = crossed.nonzero(as_tuple=True)
+            self._breaks[lag] = (rows, columns + lag)
+        return self._breaks[lag]

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.registry import MIXERS
-from kernels.gated_delta_rule import gated_delta_rule, resolve_impl
+from kernels.gated_delta_rule import resolve_impl
 
 from .backbone import Mixer
-from .layers import ShortConvolution, init_gate_parameters
+from .delta_rule import gated_delta_rule_packed
+from .layers import PackedDocuments, ShortConvolution, init_gate_parameters
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,6 +79,7 @@ class GatedRMSNorm(nn.Module):
 @MIXERS.register("mamba2")
 class Mamba2(Mixer):
     Config = Mamba2Config
+    supports_segments = True  # packed documents: the kernels' variable-length mode (cu_seqlens)
 
     def __init__(self, d_model: int, config: Mamba2Config, kernel_impl: str = "auto"):
         super().__init__()
@@ -108,7 +110,11 @@ class Mamba2(Mixer):
         self.out_proj.reset_parameters()
 
     def forward(
-        self, x: Tensor, state: dict[str, Tensor] | None = None, attention_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        state: dict[str, Tensor] | None = None,
+        attention_mask: Tensor | None = None,
+        documents: PackedDocuments | None = None,
     ) -> Tensor:
         """Decoding state: `conv` (B, conv_size - 1, d_inner + 2 G N) and `recurrent` (B, H, N, P) float32. A pad
         token (attention_mask 0) has dt = 0 (no decay, no write) and feeds zeros to the convolution."""
@@ -119,7 +125,7 @@ class Mamba2(Mixer):
         if keep is not None:
             xBC = xBC.masked_fill(~keep[..., None], 0)
         if state is None:
-            xBC = self.conv(xBC)
+            xBC = self.conv(xBC, documents)
         else:
             xBC, state["conv"] = self.conv.forward_with_state(xBC, state.get("conv"))
         xs, Bs, Cs = xBC.split([self.d_inner, G * N, G * N], dim=-1)
@@ -131,11 +137,13 @@ class Mamba2(Mixer):
         if keep is not None:
             dt = dt.masked_fill(~keep[..., None], 0)
         g = dt * -self.A_log.float().exp()  # (B, T, H)
-        y, final_state = gated_delta_rule(
+        y, final_state = gated_delta_rule_packed(
             Cs,
             Bs,
             xs * dt[..., None].to(xs.dtype),
             g,
+            None,
+            documents,
             gate="scalar",
             delta=False,
             scale=1.0,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from harness.registry import MIXERS
 
 from .backbone import Mixer
-from .layers import RMSNorm
+from .layers import PackedDocuments, RMSNorm
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -96,6 +96,7 @@ def allowed_keys(attention_mask: Tensor | None, past: int, T: int, device: torch
 @MIXERS.register("mla")
 class MLA(Mixer):
     Config = MLAConfig
+    supports_segments = True  # packed documents: a block-diagonal causal mask
 
     def __init__(self, d_model: int, config: MLAConfig, kernel_impl: str = "auto"):
         super().__init__()
@@ -121,9 +122,14 @@ class MLA(Mixer):
         self.o_proj = nn.Linear(H * dv, d_model, bias=False)
 
     def forward(
-        self, x: Tensor, state: dict[str, Tensor] | None = None, attention_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        state: dict[str, Tensor] | None = None,
+        attention_mask: Tensor | None = None,
+        documents: PackedDocuments | None = None,
     ) -> Tensor:
-        """Decoding state: `latent` (B, S, kv_lora_rank) and, with RoPE, `rope_key` (B, S, qk_rope_head_dim)."""
+        """Decoding state: `latent` (B, S, kv_lora_rank) and, with RoPE, `rope_key` (B, S, qk_rope_head_dim).
+        With `documents`, queries see keys of their own document only, and RoPE positions restart at each."""
         B, T, _ = x.shape
         cfg = self.config
         H, nope, rope, dv = cfg.num_heads, cfg.qk_nope_head_dim, cfg.qk_rope_head_dim, cfg.v_head_dim
@@ -132,7 +138,10 @@ class MLA(Mixer):
         c_kv, k_rope = self.kv_down(x).split([cfg.kv_lora_rank, rope], dim=-1)
         c_kv = self.kv_norm(c_kv)  # (B, T, R)
         if rope:
-            positions = rope_positions(attention_mask, past, T, x.device)
+            if documents is not None:
+                positions = documents.positions
+            else:
+                positions = rope_positions(attention_mask, past, T, x.device)
             q = torch.cat([q[..., :nope], apply_rope(q[..., nope:], cfg.rope_theta, positions)], dim=-1)
             k_rope = apply_rope(k_rope, cfg.rope_theta, positions)  # (B, T, rope)
         if past:
@@ -146,7 +155,10 @@ class MLA(Mixer):
             k = torch.cat([k_nope, k_rope[:, :, None].expand(B, T, H, rope)], dim=-1)
         else:
             k = k_nope
-        mask = None if attention_mask is None else allowed_keys(attention_mask, 0, T, x.device)
+        if documents is not None:
+            mask = documents.attention_mask
+        else:
+            mask = None if attention_mask is None else allowed_keys(attention_mask, 0, T, x.device)
         # SDPA wants (B, H, T, D)
         o = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=mask, is_causal=mask is None

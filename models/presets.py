@@ -38,6 +38,12 @@ SIZES.add(
 SIZES.add(
     "small", Size(d_model=256, n_layers=4, num_heads=4, head_dim=64, description="one GPU, under an hour")
 )
+SIZES.add(
+    "lm-small",
+    Size(
+        d_model=384, n_layers=8, num_heads=6, head_dim=64, description="~20M parameters with an 8K vocabulary"
+    ),
+)
 
 
 @dataclass(frozen=True, kw_only=True)

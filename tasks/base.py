@@ -6,8 +6,10 @@ Labels are -100 wherever the model is not scored, as in PyTorch's cross-entropy.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -21,12 +23,17 @@ class Slice:
     """Setting these examples share, as 'key=value,...' (e.g. 'seq_len=64,pairs=4'); one row per slice in results."""
     inputs: np.ndarray  # (n, L) int64 token ids
     labels: np.ndarray  # (n, L) int64 target ids, IGNORE where not scored
+    segments: np.ndarray | None = None
+    """(n, L) document ids of packed text: a token sees only earlier tokens of its own document. None: each example
+    is one sequence."""
 
     def __post_init__(self):
         if self.inputs.shape != self.labels.shape or self.inputs.ndim != 2:
             raise ValueError(
                 f"slice {self.name}: inputs {self.inputs.shape} and labels {self.labels.shape} differ"
             )
+        if self.segments is not None and self.segments.shape != self.inputs.shape:
+            raise ValueError(f"slice {self.name}: segments {self.segments.shape} and inputs differ")
 
     def __len__(self) -> int:
         return len(self.inputs)
@@ -38,6 +45,8 @@ class Task:
     Config: ClassVar[type]
     version: ClassVar[str]
     """Bumped whenever the generated data or the metric changes; recorded with every result."""
+    cache_slices: ClassVar[bool] = True
+    """Cache generated slices on disk (harness/data.py); False for tasks that keep their own cache."""
 
     def validate(self, config: Any) -> None:
         """Raise harness.registry.HarnessError if the settings are impossible."""
@@ -85,3 +94,12 @@ def split_seed(seed: int, split: str) -> int:
     return int(
         np.random.SeedSequence([seed, {"train": 0, "valid": 1, "test": 2}[split]]).generate_state(1)[0]
     )
+
+
+def cache_root() -> Path | None:
+    """Where generated task data is cached: $HARNESS_CACHE, default ~/.cache/harness/data; None for
+    HARNESS_CACHE=off (generate in memory every time)."""
+    setting = os.environ.get("HARNESS_CACHE", "")
+    if setting.lower() == "off":
+        return None
+    return Path(setting) if setting else Path.home() / ".cache" / "harness" / "data"

@@ -12,6 +12,7 @@ from typing import Any
 
 from harness.registry import SUITES, HarnessError
 
+from .lm import LMConfig
 from .localization import CopyConfig, IndexLookupConfig, NIAHConfig, VariableTrackingConfig
 from .mqar import MQARConfig
 from .reasoning import MultiHopConfig, PalindromeConfig, StackConfig
@@ -320,6 +321,80 @@ SUITES.add(
                 tasks=_kimi_tasks((256, 512, 1024, 2048), _PAPER_DATA),
                 train=dict(max_steps=20000, batch_size=32, eval_every=1000, target_accuracy=0.99),
                 lrs=(5e-5, 1e-4, 5e-4, 1e-3),
+            ),
+        },
+    ),
+)
+
+
+# Language modelling: every model pretrained on one corpus with one recipe (AdamW, warmup-stable-decay), then
+# perplexity at 1x, 2x and 4x the training length and lm-eval on the final checkpoint. Tokens per step =
+# batch_size x seq_len. tiny: 2 CPU cores, a few minutes per model, the standard library's source as the corpus.
+# small: one GPU, ~20M-parameter models (lm-small) on ~100M tokens of a corpus the user names with
+# --set task.corpus=... (default: every .py file of the Python environment, offline on any machine).
+SUITES.add(
+    "lm",
+    Suite(
+        description="Language modelling on a text corpus: perplexity at and beyond the training length, lm-eval",
+        scales={
+            "tiny": SuiteScale(
+                model_size="tiny",
+                tasks=(
+                    (
+                        "lm",
+                        LMConfig(
+                            corpus="python-stdlib",
+                            tokenizer="bpe:1024",
+                            seq_len=128,
+                            max_train_tokens=2_000_000,
+                            max_valid_tokens=300_000,
+                            valid_sequences=32,
+                            eval_documents=16,
+                            lm_eval_tasks=("harness_corpus",),
+                            lm_eval_documents=8,
+                        ),
+                    ),
+                ),
+                # 200 steps x 16 x 128 = 0.4M tokens
+                train=dict(
+                    max_steps=200,
+                    batch_size=16,
+                    warmup_steps=20,
+                    schedule="wsd",
+                    eval_every=50,
+                    target_accuracy=None,
+                    eval_batch_size=32,
+                ),
+                lrs=(3e-3,),
+            ),
+            "small": SuiteScale(
+                model_size="lm-small",
+                tasks=(
+                    (
+                        "lm",
+                        LMConfig(
+                            corpus="python-packages",
+                            tokenizer="bpe:8192",
+                            seq_len=1024,
+                            max_train_tokens=100_000_000,
+                            max_valid_tokens=2_000_000,
+                            valid_fraction=0.01,
+                            valid_sequences=64,
+                            eval_documents=64,
+                        ),
+                    ),
+                ),
+                # 3000 steps x 32 x 1024 = 98M tokens
+                train=dict(
+                    max_steps=3000,
+                    batch_size=32,
+                    warmup_steps=300,
+                    schedule="wsd",
+                    eval_every=250,
+                    target_accuracy=None,
+                    eval_batch_size=16,
+                ),
+                lrs=(1e-3, 3e-3),
             ),
         },
     ),

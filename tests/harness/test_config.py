@@ -75,3 +75,18 @@ def test_hash_depends_on_content_only():
     assert config_hash(Outer()) == config_hash(Outer())
     assert config_hash(Outer()) != config_hash(Outer(lr=2e-3))
     assert to_dict(Outer())["mixers"] == {"kda": {"heads": 2, "gate": "swish"}}
+
+
+def test_fields_added_later_keep_old_hashes_while_at_their_default():
+    """Cells planned before TrainConfig had `schedule` and `decay_fraction` keep their ids (stores resume)."""
+    import dataclasses
+
+    from harness.config import config_hash
+    from harness.train import TrainConfig
+
+    added = ("schedule", "decay_fraction")
+    old_fields = {
+        f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig) if f.name not in added
+    }
+    assert config_hash(TrainConfig()) == config_hash(old_fields)
+    assert config_hash(TrainConfig(schedule="wsd")) != config_hash(TrainConfig())

@@ -105,3 +105,12 @@ def test_a_slice_whose_examples_all_occur_in_training_reports_no_value():
     accuracy = [r for r in rows if r["metric"] == "accuracy"]
     assert len(accuracy) == 1 and accuracy[0]["status"] == "ok"
     assert accuracy[0]["n"] == 0 and accuracy[0]["value"] != accuracy[0]["value"]  # NaN
+
+
+def test_wsd_schedule_is_flat_then_decays_linearly_over_its_last_fraction():
+    config = TrainConfig(warmup_steps=10, max_steps=100, schedule="wsd", decay_fraction=0.2, min_lr_ratio=0.1)
+    factors = [lr_factor(step, config) for step in range(101)]
+    assert factors[9] == 1.0 and factors[10:81] == [1.0] * 71
+    assert factors[90] == pytest.approx(0.55) and factors[100] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        TrainConfig(schedule="linear")
