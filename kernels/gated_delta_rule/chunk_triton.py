@@ -204,20 +204,24 @@ def intra_kernel(
 
 
 @triton.jit
-def _inv_unit_lower(b_N, BC: tl.constexpr):
-    """(I + N)^-1 for a strictly lower-triangular (BC, BC) N, by forward substitution row by row."""
-    o = tl.arange(0, BC)
-    b_M = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
-    for i in range(1, BC):
-        b_n = tl.sum(tl.where(o[:, None] == i, b_N, 0.0), axis=0)  # row i of N
-        b_row = tl.sum(b_n[:, None] * b_M, axis=0)  # sum_{j<i} N_ij M_j
-        b_M = tl.where(o[:, None] == i, b_M - b_row[None, :], b_M)
-    return b_M
+def _dot32(a, b):
+    return tl.dot(a, b, input_precision="ieee")
 
 
 @triton.jit
-def _dot32(a, b):
-    return tl.dot(a, b, input_precision="ieee")
+def _inv_unit_lower(b_N, BC: tl.constexpr):
+    """(I + N)^-1 for a strictly lower-triangular (16, 16) N: N^16 = 0, so the inverse is the sum of (-N)^p for
+    p < 16 = (I - N)(I + N^2)(I + N^4)(I + N^8). Seven small products and no serial loop (a forward substitution
+    takes 15 dependent row steps, each a reduction across the program's threads)."""
+    tl.static_assert(BC == 16)
+    o = tl.arange(0, BC)
+    b_I = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
+    b_P = _dot32(b_N, b_N)  # N^2
+    b_M = _dot32(b_I - b_N, b_I + b_P)
+    b_P = _dot32(b_P, b_P)  # N^4
+    b_M = _dot32(b_M, b_I + b_P)
+    b_P = _dot32(b_P, b_P)  # N^8
+    return _dot32(b_M, b_I + b_P)
 
 
 @triton.jit
