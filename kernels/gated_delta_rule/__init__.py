@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .chunk_torch import chunk_gated_delta_rule_torch
-from .ref import apply_input_options, gated_delta_rule_ref
+from .ref import activate_gate, apply_input_options, gated_delta_rule_ref
 
 IMPLS = ("auto", "torch", "triton", "reference")
 GATES = ("scalar", "channel")
@@ -38,6 +38,7 @@ __all__ = [
     "gated_delta_rule",
     "gated_delta_rule_ref",
     "apply_input_options",
+    "activate_gate",
     "chunk_gated_delta_rule_torch",
     "resolve_impl",
     "IMPLS",
