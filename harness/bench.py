@@ -14,8 +14,8 @@ Compilation and autotuning happen outside the timed regions and take longer than
     2. each (op, impl) runs once more in this process before the shape loop (loads from the caches);
     3. each (op, impl, shape) gets a time budget; a row past it is written with what was measured.
 Every row is printed and saved (markdown and JSON under --out) as soon as it is measured, so a run cut short
-still leaves its rows. Then a per-kernel profile (torch.profiler device time by kernel name) of the forward and
-of forward+backward at the first shape.
+still leaves its rows. After the first shape's rows, a per-kernel profile (torch.profiler device time by kernel
+name) of the forward and of forward+backward at that shape.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ DEVICE = "cuda"
 # op -> (gate, delta); "ssd" is Mamba2's form (scalar gate, no delta rule)
 OPS = {"kda": ("channel", True), "gdn": ("scalar", True), "ssd": ("scalar", False)}
 # Seconds: one (op, impl, shape) row; the warm subprocesses all together; one in-process warm-up.
-ROW_BUDGET_S, WARM_BUDGET_S, WARMUP_BUDGET_S = 15.0, 120.0, 30.0
+ROW_BUDGET_S, WARM_BUDGET_S, WARMUP_BUDGET_S = 15.0, 120.0, 60.0
 
 
 @dataclass
@@ -298,6 +298,7 @@ def bench_kernels(
     warm: bool = True,
     profile: bool = True,
     row_budget_s: float = ROW_BUDGET_S,
+    warm_budget_s: float = WARM_BUDGET_S,
 ) -> list[Row]:
     """Time every implementation at every shape; write rows (JSON, markdown) and a per-kernel profile under `out`."""
     ops, shapes = ops or list(OPS), [tuple(s) for s in (shapes or SHAPES)]
@@ -306,7 +307,7 @@ def bench_kernels(
     warm_report = ""
     if warm:
         compiled = [name for name in impls if name == "triton" or name.startswith("fla")]
-        warm_report = warm_caches(ops, compiled, shapes)
+        warm_report = warm_caches(ops, compiled, shapes, warm_budget_s)
         print(f"warm ({time.time() - started:.0f} s): {warm_report}", flush=True)
     ceilings = measure_ceilings()
     print(_summary(ceilings), flush=True)
@@ -332,19 +333,23 @@ def bench_kernels(
                     # the PyTorch path is 5-10x slower and its Python loop over chunks grows with T: one shape
                     continue
                 writer.add(_row(op, name, B, T, run, ceilings, refused.get((op, name), ""), row_budget_s))
+        if i == 0 and profile:
+            # before the longer shapes, so that a run cut short still has it
+            _write_profile(out, ops, impls, refused, shapes[0])
     writer.extra["bench_s"] = round(time.time() - started, 1)
     writer.save()
-    if profile:
-        tables = profile_kernels(
-            ops, {n: r for n, r in impls.items() if n == "triton" or n.startswith("fla")}, refused, shapes[0]
-        )
-        text = "\n\n".join(_profile_markdown(t) for t in tables)
-        print(text, flush=True)
-        (out / "profile.md").write_text(
-            f"Device time per kernel at B×T = {shapes[0][0]}×{shapes[0][1]}\n\n" + text + "\n"
-        )
-        (out / "profile.json").write_text(json.dumps(tables, indent=1))
     return writer.rows
+
+
+def _write_profile(out: Path, ops, impls, refused, shape) -> None:
+    compiled = {n: r for n, r in impls.items() if n == "triton" or n.startswith("fla")}
+    tables = profile_kernels(ops, compiled, refused, shape)
+    text = "\n\n".join(_profile_markdown(t) for t in tables)
+    print(text, flush=True)
+    (out / "profile.md").write_text(
+        f"Device time per kernel at B×T = {shape[0]}×{shape[1]}\n\n" + text + "\n"
+    )
+    (out / "profile.json").write_text(json.dumps(tables, indent=1))
 
 
 def _row(op, name, B, T, run, ceilings, refused, row_budget_s) -> Row:
@@ -470,8 +475,12 @@ def _markdown(rows: list[Row], header: bool = True) -> str:
 
 
 if __name__ == "__main__":
-    # python -m harness.bench warm OP IMPL SHAPES_JSON: the warm subprocess of `warm_caches`
+    # python -m harness.bench warm OP IMPL SHAPES_JSON: the warm subprocess of `warm_caches`;
+    # python -m harness.bench warm-all BUDGET_S: every one of them (e.g. in the background while tests run)
     if len(sys.argv) == 5 and sys.argv[1] == "warm":
         _warm_main(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
+    elif len(sys.argv) == 3 and sys.argv[1] == "warm-all":
+        compiled = [name for name in _impls(torch_path=False) if name == "triton" or name.startswith("fla")]
+        print(warm_caches(list(OPS), compiled, SHAPES, float(sys.argv[2])), flush=True)
     else:
-        sys.exit("usage: python -m harness.bench warm OP IMPL SHAPES_JSON (run by `harness bench kernels`)")
+        sys.exit("usage: python -m harness.bench warm OP IMPL SHAPES_JSON | warm-all BUDGET_S")
