@@ -312,11 +312,14 @@ def _store_block(M, x, start, valid, i_h, I: tl.constexpr, J: tl.constexpr, H: t
 
 @triton.jit
 def solve_kernel(
-    k, v, beta, G, Akk, M, w, u, cu_seqlens, chunk_indices, T, rk,
+    k, v, beta, G, Akk, M, w, u, kd, cu_seqlens, chunk_indices, T, rk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
     BK: tl.constexpr, BV: tl.constexpr, GATE_CHANNEL: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
+    STORE_KD: tl.constexpr,
 ):  # fmt: skip
-    """M = (I + Diag(beta) A_kk)^-1 by (BC, BC) blocks (C / BC in 1, 2, 4), then W and U."""
+    """M = (I + Diag(beta) A_kk)^-1 by (BC, BC) blocks (C / BC in 1, 2, 4), then W and U. With STORE_KD, also the
+    keys decayed to the chunk's end, e^{G_C - G} * K, for the sequential state kernel (per channel, that saves it
+    a (C, K) float32 gate tile and its exponentials in every step of its serial loop)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     start, valid = _chunk_of(i_c, cu_seqlens, chunk_indices, T, C, IS_VARLEN)
     NS: tl.constexpr = C // BC
@@ -359,6 +362,9 @@ def solve_kernel(
     b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
     b_w = tl.dot(b_M, b_k * _exp_le0(b_g) * b_b[:, None])
     _store_rows(w, b_w, start + o_t, m_t, i_h, H, K, BK)
+    if STORE_KD:
+        b_gc = _load_gate_row(G, start + valid - 1, i_h, H, K, BK, GATE_CHANNEL)
+        _store_rows(kd, b_k * _exp_le0(b_gc - b_g), start + o_t, m_t, i_h, H, K, BK)
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         p_v = ((start + o_t[:, None]) * H + i_h) * V + o_v[None, :]
@@ -369,10 +375,10 @@ def solve_kernel(
 
 @triton.jit
 def state_kernel(
-    k, v, w, u, G, h, vn, h0, ht, cu_seqlens, chunk_offsets, T, rk,
+    k, v, w, u, kd, G, h, vn, h0, ht, cu_seqlens, chunk_offsets, T, rk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
-    STORE_FINAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr, HAS_KD: tl.constexpr,
 ):  # fmt: skip
     """Sequential over the chunks of one sequence: h_n (state before chunk n) and V' = U - W h_n."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -401,10 +407,13 @@ def state_kernel(
         else:
             b_vn = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
         last = tl.minimum(eos - start, C) - 1
-        b_k = _load_qk(k, rk, start + o_t, m_t, i_h, H, K, BK, L2NORM)
-        b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
         b_gc = _load_gate_row(G, start + last, i_h, H, K, BK, GATE_CHANNEL)  # (1, BK) | (1, 1)
-        b_kd = (b_k * _exp_le0(b_gc - b_g)).to(b_k.dtype)
+        if HAS_KD:
+            b_kd = _load_rows(kd, start + o_t, m_t, i_h, H, K, BK)  # e^{G_C - G} * K, from the solve
+        else:
+            b_k = _load_qk(k, rk, start + o_t, m_t, i_h, H, K, BK, L2NORM)
+            b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
+            b_kd = (b_k * _exp_le0(b_gc - b_g)).to(b_k.dtype)
         b_h = b_h * tl.trans(_exp_le0(b_gc)) + tl.dot(tl.trans(b_kd), b_vn.to(b_kd.dtype))
     if STORE_FINAL_STATE:
         tl.store(ht + i_n * H * K * V + p_kv, b_h, mask=m_kv)
@@ -815,11 +824,12 @@ def chunk_fwd(
         **common,
         **HEAVY,
     )
-    M = w = u = None
+    M = w = u = kd = None
     if delta:
         M = _empty(Aqk.shape, dtype=torch.float32, device=dev)
         w = _empty(k.shape, dtype=k.dtype, device=dev)
         u = _empty(v.shape, dtype=v.dtype, device=dev)
+        kd = _empty(k.shape, dtype=k.dtype, device=dev) if channel else None
         solve_kernel[(NC, H)](
             k,
             v,
@@ -829,10 +839,12 @@ def chunk_fwd(
             M,
             w,
             u,
+            kd,
             cu_seqlens,
             chunk_indices,
             T,
             rk,
+            STORE_KD=kd is not None,
             V=V,
             BC=SUB_CHUNK,
             BV=BV,
@@ -845,8 +857,8 @@ def chunk_fwd(
     # the sequential kernels get narrower V-blocks: more programs in flight when B * H is small
     BVS = min(BV, 32)
     state_kernel[(triton.cdiv(V, BVS), N * H)](
-        k, v, w, u, G, h, vn, initial_state, ht, cu_seqlens, chunk_offsets, T, rk, V=V, BV=BVS,
-        USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=output_final_state,
+        k, v, w, u, kd, G, h, vn, initial_state, ht, cu_seqlens, chunk_offsets, T, rk, V=V, BV=BVS,
+        HAS_KD=kd is not None, USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=output_final_state,
         **common, **HEAVY,
     )  # fmt: skip
     o = _empty(v.shape, dtype=v.dtype, device=dev)
