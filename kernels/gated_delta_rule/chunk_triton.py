@@ -601,7 +601,7 @@ def intra_bwd_kernel(
     q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias, dA_part,
     db_part, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
-    GATE_ACT: tl.constexpr,
+    GATE_ACT: tl.constexpr, BG: tl.constexpr,
 ):  # fmt: skip
     """Gradients through A_qk and A_kk, block by block from the chunk's end; dg = reverse cumsum of dG.
 
@@ -675,34 +675,36 @@ def intra_bwd_kernel(
                     b_db = _load_tri(dAkk, start, r_i, m_i, r_s, i_h, H, C, True)
                     b_dkc += tl.dot(tl.trans(b_db * b_d), b_ki)
         # the diagonal block
-        b_da = _load_tri(dAqk, start, r_s, m_s, r_s, i_h, H, C, False)
-        if USE_DELTA:
-            b_db = _load_tri(dAkk, start, r_s, m_s, r_s, i_h, H, C, True)
         if GATE_CHANNEL:
-            for j in range(0, BC):
-                row = start + i_s * BC + j
-                p_row = (row * H + i_h) * K + o_k
-                m_rk = (o_k < K) & (i_s * BC + j + 0 * o_k < valid)
-                b_kj = _load_qk_row(k, rk, row, i_s * BC + j, valid, i_h, H, K, BK, L2NORM)[None, :]
-                b_qj = _load_qk_row(q, rq, row, i_s * BC + j, valid, i_h, H, K, BK, L2NORM)[None, :] * scale
-                b_gj = tl.load(G + p_row, mask=m_rk, other=0.0)[None, :]
-                # token j as the column: rows i >= j of this block
-                b_col = tl.sum(tl.where(o_c[None, :] == j, b_da, 0.0), axis=1)[:, None]  # dA[:, j]
-                b_dq += b_col * b_kj * tl.exp(tl.minimum(b_gs - b_gj, 0.0))
-                # token j as the row: columns i <= j of this block
-                b_row = tl.sum(tl.where(o_c[:, None] == j, b_da, 0.0), axis=0)[:, None]  # dA[j, :]
-                b_acc = b_row * b_qj
+            # BG tokens at a time: (BC, BG, BK) tiles of exact pairwise decays, reduced over the group; the rows and
+            # columns of dA come from memory (extracting them from the register tile takes a reduction each)
+            for j0 in range(0, BC, BG):
+                r_g = i_s * BC + j0 + tl.arange(0, BG)
+                m_g = r_g < valid
+                b_kg = _load_qk(k, rk, start + r_g, m_g, i_h, H, K, BK, L2NORM).to(tl.float32)  # (BG, BK)
+                b_qg = _load_qk(q, rq, start + r_g, m_g, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
+                b_gg = _load_gate(G, start + r_g, m_g, i_h, H, K, BK, GATE_CHANNEL)
+                # the group as columns j <= i of the block's rows i
+                b_e = tl.exp(tl.minimum(b_gs[:, None, :] - b_gg[None, :, :], 0.0))  # (BC, BG, BK)
+                b_da = _load_tri(dAqk, start, r_s, m_s, r_g, i_h, H, C, False)  # (BC, BG)
+                b_dq += tl.sum(b_da[:, :, None] * b_kg[None, :, :] * b_e, axis=1)
                 if USE_DELTA:
-                    b_colk = tl.sum(tl.where(o_c[None, :] == j, b_db, 0.0), axis=1)[:, None]
-                    b_dkr += b_colk * b_kj * tl.exp(tl.minimum(b_gs - b_gj, 0.0))
-                    b_rowk = tl.sum(tl.where(o_c[:, None] == j, b_db, 0.0), axis=0)[:, None]
-                    b_acc += b_rowk * b_kj
-                b_dkc += b_acc * tl.exp(tl.minimum(b_gj - b_gs, 0.0))
+                    b_db = _load_tri(dAkk, start, r_s, m_s, r_g, i_h, H, C, True)
+                    b_dkr += tl.sum(b_db[:, :, None] * b_kg[None, :, :] * b_e, axis=1)
+                # the group as rows i >= j of the block's columns j
+                b_da = _load_tri(dAqk, start, r_g, m_g, r_s, i_h, H, C, False)  # (BG, BC)
+                b_x = b_da[:, :, None] * b_qg[:, None, :]  # (BG, BC, BK)
+                if USE_DELTA:
+                    b_db = _load_tri(dAkk, start, r_g, m_g, r_s, i_h, H, C, True)
+                    b_x += b_db[:, :, None] * b_kg[:, None, :]
+                b_dkc += tl.sum(b_x * tl.exp(tl.minimum(b_gg[:, None, :] - b_gs[None, :, :], 0.0)), axis=0)
         else:
+            b_da = _load_tri(dAqk, start, r_s, m_s, r_s, i_h, H, C, False)
             b_d = _exp_le0(b_gs - tl.trans(b_gs))
             b_dq += tl.dot(b_da * b_d, b_ks)
             b_dkc += tl.dot(tl.trans(b_da * b_d), b_qs)
             if USE_DELTA:
+                b_db = _load_tri(dAkk, start, r_s, m_s, r_s, i_h, H, C, True)
                 b_dkr += tl.dot(b_db * b_d, b_ks)
                 b_dkc += tl.dot(tl.trans(b_db * b_d), b_ks)
         # totals: partial gradients of the local kernel plus these
@@ -920,9 +922,10 @@ def chunk_bwd(
     # per-chunk partial sums of the gradients of A_log and dt_bias
     dA_part = _empty(NC, H, dtype=torch.float32, device=dev) if gate_act else None
     db_part = _empty(NC, *dt_bias.shape, dtype=torch.float32, device=dev) if gate_act else None
+    # BG: tokens per step of the diagonal blocks; 2 and 4 spill registers at K = 128 (sm_90, Triton 3.6)
     intra_bwd_kernel[(NC, H)](
         q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias,
-        dA_part, db_part, BC=BC, USE_DELTA=delta, GATE_ACT=gate_act, **common, **HEAVY,
+        dA_part, db_part, BC=BC, USE_DELTA=delta, GATE_ACT=gate_act, BG=1, **common, **HEAVY,
     )  # fmt: skip
     dbeta = None if dbeta is None else dbeta.to(beta.dtype)
     if dh0 is not None:
