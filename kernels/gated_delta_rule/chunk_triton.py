@@ -217,7 +217,6 @@ def intra_kernel(
     q, k, G, Aqk, Akk, cu_seqlens, chunk_indices, scale, T, rq, rk,
     H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
-    BKS: tl.constexpr,
 ):  # fmt: skip
     """One (BC, BC) block (I, J), J <= I, of A_qk (with the query scale) and A_kk (without beta)."""
     i_c, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -243,31 +242,19 @@ def intra_kernel(
             b_qk = tl.dot(b_q * b_di, tl.trans(b_kj))
             b_kk = tl.dot(b_k * b_di, tl.trans(b_kj))
         else:
-            # the diagonal block: exact pairwise decays as a (BC, BC, BKS) tile per slice of BKS channels, summed
-            # over the channels (no per-key loop of row reductions)
             b_qk = tl.zeros([BC, BC], dtype=tl.float32)
             b_kk = tl.zeros([BC, BC], dtype=tl.float32)
-            if L2NORM:
-                b_rq = tl.load(rq + (start + r_i) * H + i_h, mask=m_i, other=0.0)
-                b_rk = tl.load(rk + (start + r_i) * H + i_h, mask=m_i, other=0.0)
-            for c0 in tl.static_range(0, BK, BKS):
-                o_s = c0 + tl.arange(0, BKS)
-                p_s = ((start + r_i[:, None]) * H + i_h) * K + o_s[None, :]
-                m_s = m_i[:, None] & (o_s < K)[None, :]
-                b_qs = tl.load(q + p_s, mask=m_s, other=0.0)
-                b_ks = tl.load(k + p_s, mask=m_s, other=0.0)
-                if L2NORM:
-                    b_qs = (b_qs.to(tl.float32) * b_rq[:, None]).to(b_qs.dtype)
-                    b_ks = (b_ks.to(tl.float32) * b_rk[:, None]).to(b_ks.dtype)
-                b_qs = b_qs.to(tl.float32) * scale
-                b_ks = b_ks.to(tl.float32)
-                b_gs = tl.load(G + p_s, mask=m_s, other=0.0)
-                b_kd = b_ks[None, :, :] * tl.exp(
-                    tl.minimum(b_gs[:, None, :] - b_gs[None, :, :], 0.0)
-                )  # (i, j, c)
-                b_qk += tl.sum(b_qs[:, None, :] * b_kd, axis=2)
+            for j in range(0, BC):
+                row = start + i_i * BC + j
+                o_k = tl.arange(0, BK)
+                m_rk = (o_k < K) & (i_i * BC + j + 0 * o_k < valid)
+                p_row = (row * H + i_h) * K + o_k
+                b_kj = _load_qk_row(k, rk, row, i_i * BC + j, valid, i_h, H, K, BK, L2NORM)
+                b_gj = tl.load(G + p_row, mask=m_rk, other=0.0)
+                b_kd = b_kj[None, :] * tl.exp(tl.minimum(b_gi - b_gj[None, :], 0.0))  # (BC, BK)
+                b_qk = tl.where(o_c[None, :] == j, tl.sum(b_q * b_kd, axis=1)[:, None], b_qk)
                 if USE_DELTA:
-                    b_kk += tl.sum(b_ks[:, None, :] * b_kd, axis=2)
+                    b_kk = tl.where(o_c[None, :] == j, tl.sum(b_k * b_kd, axis=1)[:, None], b_kk)
     else:
         b_kj = _load_qk(k, rk, start + r_j, m_j, i_h, H, K, BK, L2NORM)
         b_gj = tl.load(G + (start + r_j) * H + i_h, mask=m_j, other=0.0)
@@ -836,7 +823,6 @@ def chunk_fwd(
         rk,
         BC=BC,
         USE_DELTA=delta,
-        BKS=min(32, BK),
         **common,
         **HEAVY,
     )
