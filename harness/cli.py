@@ -402,6 +402,14 @@ def bench_kernels(
     torch_path: Annotated[
         bool, typer.Option(help="Also time the chunked PyTorch path (first shape only).")
     ] = True,
+    warm: Annotated[
+        bool, typer.Option(help="Compile every (op, impl) in parallel subprocesses before timing.")
+    ] = True,
+    profile: Annotated[
+        bool, typer.Option(help="Also profile the device time per kernel (first shape).")
+    ] = True,
+    row_budget: Annotated[float, typer.Option(help="Seconds one (op, impl, shape) row may take.")] = 15.0,
+    warm_budget: Annotated[float, typer.Option(help="Seconds the parallel compilation may take.")] = 120.0,
 ) -> None:
     """Time the gated-delta-rule kernels against the PyTorch path, SDPA and fla; write a table under OUT."""
     import torch
@@ -410,7 +418,15 @@ def bench_kernels(
         raise HarnessError("`harness bench kernels` needs a CUDA device; none is visible")
     from harness.bench import bench_kernels as run
 
-    rows = run(out, ops=_split(ops), torch_path=torch_path)
+    rows = run(
+        out,
+        ops=_split(ops),
+        torch_path=torch_path,
+        warm=warm,
+        profile=profile,
+        row_budget_s=row_budget,
+        warm_budget_s=warm_budget,
+    )
     typer.echo(f"\n{len(rows)} rows; table, CSV and JSON under {out}/")
 
 

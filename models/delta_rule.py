@@ -1,7 +1,10 @@
 """What KDA and Gated DeltaNet share: the q/k/v/beta input path and the delta-rule forward.
 
 The two differ only in their forget gate (per channel vs. per head) and output gate (low-rank sigmoid vs.
-full-rank swish or sigmoid); each says so in its own file by implementing `forget_gate` and `output_gate`.
+full-rank swish or sigmoid); each says so in its own file by implementing `gate_input` and `output_gate`.
+The L2 norm of q and k and the forget gate's activation run inside the kernel op (`use_qk_l2norm`, `A_log`,
+`dt_bias`): the Triton kernels apply them as they load their inputs, so no normalised or activated copies are
+written to memory.
 """
 
 from __future__ import annotations
@@ -9,10 +12,9 @@ from __future__ import annotations
 from typing import ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from kernels.gated_delta_rule import gated_delta_rule, resolve_impl
+from kernels.gated_delta_rule import activate_gate, gated_delta_rule, resolve_impl
 
 from .backbone import Mixer
 from .layers import PackedDocuments, ShortConvolution
@@ -22,6 +24,8 @@ class DeltaRuleInputs(nn.Module):
     """The input path shared by KDA and Gated DeltaNet (Kimi Linear report, Eq. 10):
 
         q, k = L2Norm(SiLU(ShortConv(W_{q,k} x)));  v = SiLU(ShortConv(W_v x));  beta = sigmoid(W_beta x)
+
+    except the L2 norm, which the kernel op applies (use_qk_l2norm=True).
 
     With `negative_eigenvalues`, beta is scaled to (0, 2): the transition I - beta k k^T can then have a
     negative eigenvalue, which is what lets a linear RNN track parity (Grazzi et al. 2025).
@@ -45,20 +49,12 @@ class DeltaRuleInputs(nn.Module):
     def forward(
         self, x: Tensor, state: dict[str, Tensor] | None = None, documents: PackedDocuments | None = None
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """q, k, v, beta of x; with a decoding `state`, the short convolutions continue from (and update) it; with
-        `documents`, their windows stop at document boundaries."""
+        """q, k (not yet L2-normalised), v, beta of x; with a decoding `state`, the short convolutions continue
+        from (and update) it; with `documents`, their windows stop at document boundaries."""
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
-        q = F.normalize(
-            short_conv(self.q_conv, self.q_proj(x), state, "q_conv", documents).view(B, T, H, K),
-            dim=-1,
-            eps=1e-6,
-        )
-        k = F.normalize(
-            short_conv(self.k_conv, self.k_proj(x), state, "k_conv", documents).view(B, T, H, K),
-            dim=-1,
-            eps=1e-6,
-        )
+        q = short_conv(self.q_conv, self.q_proj(x), state, "q_conv", documents).view(B, T, H, K)
+        k = short_conv(self.k_conv, self.k_proj(x), state, "k_conv", documents).view(B, T, H, K)
         v = short_conv(self.v_conv, self.v_proj(x), state, "v_conv", documents).view(
             B, T, H, K
         )  # (B, T, H, V)
@@ -87,7 +83,8 @@ class DeltaRuleMixer(Mixer):
     """y = W_o( output_gate(x) * RMSNorm_per_head(o) ), o from the gated delta rule over the shared inputs.
 
     Subclasses set `gate` ("channel" or "scalar") and build, in __init__: `inputs` (DeltaRuleInputs), `o_norm`
-    (RMSNorm of head_dim), `o_proj`, and whatever their two gates need.
+    (RMSNorm of head_dim), `o_proj`, the forget gate's `A_log` (H,) and `dt_bias`, and whatever else their two
+    gates need. The log forget gate is g = -exp(A_log) * softplus(gate_input(x) + dt_bias), computed by the op.
 
     Decoding state (one dict per layer): `q_conv`, `k_conv`, `v_conv` (B, conv_size - 1, H * K) and `recurrent`
     (B, H, K, K) float32. A pad token (attention_mask 0) neither writes (beta = 0) nor decays (g = 0) the state and
@@ -97,9 +94,14 @@ class DeltaRuleMixer(Mixer):
     gate: ClassVar[str]
     supports_segments = True  # packed documents: the kernels' variable-length mode (cu_seqlens)
 
-    def forget_gate(self, x: Tensor) -> Tensor:
-        """Log forget gate g <= 0: (B, T, H) for a scalar gate, (B, T, H, K) per channel; float32."""
+    def gate_input(self, x: Tensor) -> Tensor:
+        """The forget gate's raw input, before + dt_bias and the activation: (B, T, H) for a scalar gate,
+        (B, T, H, K) per channel."""
         raise NotImplementedError
+
+    def forget_gate(self, x: Tensor) -> Tensor:
+        """Log forget gate g <= 0 (what the op computes inside): (B, T, H) or (B, T, H, K); float32."""
+        return activate_gate(self.gate_input(x), self.A_log, self.dt_bias)
 
     def output_gate(self, x: Tensor) -> Tensor:
         """Multiplier of the normalised output: (B, T, H * K)."""
@@ -118,10 +120,11 @@ class DeltaRuleMixer(Mixer):
         if keep is not None:
             x = x.masked_fill(~keep[..., None], 0)
         q, k, v, beta = self.inputs(x, state, documents)
-        g = self.forget_gate(x)
+        g = self.gate_input(x)
         if keep is not None:
             beta = beta.masked_fill(~keep[..., None], 0)
-            g = g.masked_fill(~keep.view(B, T, *[1] * (g.dim() - 2)), 0)
+            # softplus(-inf) = 0: a pad token's log gate is 0, it does not decay the state
+            g = g.masked_fill(~keep.view(B, T, *[1] * (g.dim() - 2)), float("-inf"))
         o, final_state = gated_delta_rule_packed(
             q,
             k,
@@ -135,6 +138,9 @@ class DeltaRuleMixer(Mixer):
             output_final_state=state is not None,
             impl=self.kernel_impl,
             chunk_size=self.config.chunk_size,
+            use_qk_l2norm=True,
+            A_log=self.A_log,
+            dt_bias=self.dt_bias,
         )
         if state is not None:
             state["recurrent"] = final_state

@@ -67,10 +67,8 @@ class GDN(DeltaRuleMixer):
         self.o_proj = nn.Linear(H * K, d_model, bias=False)
         self.gate_fn = OUTPUT_GATES[config.output_gate]
 
-    def forget_gate(self, x: Tensor) -> Tensor:
-        return -self.A_log.float().exp() * F.softplus(
-            self.a_proj(x).float() + self.dt_bias.float()
-        )  # (B, T, H)
+    def gate_input(self, x: Tensor) -> Tensor:
+        return self.a_proj(x)  # (B, T, H)
 
     def output_gate(self, x: Tensor) -> Tensor:
         return self.gate_fn(self.g_proj(x))

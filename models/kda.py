@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.registry import MIXERS
@@ -61,11 +60,9 @@ class KDA(DeltaRuleMixer):
         self.o_norm = RMSNorm(K)
         self.o_proj = nn.Linear(H * K, d_model, bias=False)
 
-    def forget_gate(self, x: Tensor) -> Tensor:
+    def gate_input(self, x: Tensor) -> Tensor:
         B, T, _ = x.shape
-        H, K = self.config.num_heads, self.config.head_dim
-        f = self.f_proj(x).float().view(B, T, H, K) + self.dt_bias.float().view(H, K)
-        return -self.A_log.float().exp()[:, None] * F.softplus(f)  # (B, T, H, K)
+        return self.f_proj(x).view(B, T, self.config.num_heads, self.config.head_dim)  # (B, T, H, K)
 
     def output_gate(self, x: Tensor) -> Tensor:
         return torch.sigmoid(self.g_proj(x))

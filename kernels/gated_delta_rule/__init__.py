@@ -19,13 +19,14 @@ can record it. Nothing switches silently: "triton" on CPU tensors runs only unde
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 
 import torch
 from torch import Tensor
 
 from .chunk_torch import chunk_gated_delta_rule_torch
-from .ref import gated_delta_rule_ref
+from .ref import activate_gate, apply_input_options, gated_delta_rule_ref
 
 IMPLS = ("auto", "torch", "triton", "reference")
 GATES = ("scalar", "channel")
@@ -36,6 +37,8 @@ DECODE_MAX_TOKENS = 16
 __all__ = [
     "gated_delta_rule",
     "gated_delta_rule_ref",
+    "apply_input_options",
+    "activate_gate",
     "chunk_gated_delta_rule_torch",
     "resolve_impl",
     "IMPLS",
@@ -80,13 +83,17 @@ def gated_delta_rule(
     cu_seqlens: Tensor | None = None,
     impl: str = "auto",
     chunk_size: int = 64,
+    use_qk_l2norm: bool = False,
+    A_log: Tensor | None = None,
+    dt_bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
     """Gated delta rule over whole sequences (see `ref.py` for the recurrence).
 
     Args:
-        q, k: (B, T, H, K) queries and keys (L2-normalise k yourself when delta=True: the rule assumes |k| <= 1
-            times beta < 2 for stability). v: (B, T, H, V).
-        g: log forget gate (<= 0): (B, T, H) for gate="scalar", (B, T, H, K) for gate="channel".
+        q, k: (B, T, H, K) queries and keys (with delta=True, k must be L2-normalised, here or by use_qk_l2norm:
+            the rule assumes |k| <= 1 times beta < 2 for stability). v: (B, T, H, V).
+        g: log forget gate (<= 0): (B, T, H) for gate="scalar", (B, T, H, K) for gate="channel"; with A_log, the
+            gate's raw input instead (see below).
         beta: (B, T, H) write strength of the delta rule; required iff delta=True.
         scale: query scale, default K ** -0.5.
         initial_state: (N, H, K, V) state before the first token; N = B, or the number of sequences with cu_seqlens.
@@ -95,10 +102,17 @@ def gated_delta_rule(
         impl: "auto", "torch", "triton" or "reference" (see `resolve_impl`). With "triton", a call of at most
             DECODE_MAX_TOKENS tokens that needs no gradient runs the recurrent kernel, otherwise the chunked ones.
         chunk_size: tokens per chunk of the chunked implementations (16, 32 or 64 for "triton").
+        use_qk_l2norm: L2-normalise q and k per token and head (eps 1e-6) inside the op, with gradients.
+        A_log: (H,); given, the op computes the log gate itself, g = -exp(A_log) * softplus(g + dt_bias) (KDA,
+            GDN), and returns gradients for g (raw), A_log and dt_bias. dt_bias: (H,) for gate="scalar",
+            (H * K,) or (H, K) for "channel"; None = 0. A raw gate of -inf gives g = 0 (a padded token).
+        The Triton chunked kernels fuse both options into their loads (no normalised copies of q and k, no
+        activated gate in memory); the other paths run `apply_input_options` first: the same math, unfused.
     Returns:
         (o, final_state): o (B, T, H, V) in v's dtype; final_state or None.
     """
-    _check_inputs(q, k, v, g, beta, gate, delta, initial_state, cu_seqlens)
+    _check_inputs(q, k, v, g, beta, gate, delta, initial_state, cu_seqlens, A_log, dt_bias)
+    options = dict(use_qk_l2norm=use_qk_l2norm, A_log=A_log, dt_bias=dt_bias)
     kwargs = dict(
         gate=gate,
         delta=delta,
@@ -108,23 +122,25 @@ def gated_delta_rule(
         cu_seqlens=cu_seqlens,
     )
     impl = resolve_impl(impl, q.device)
+    needs_grad = torch.is_grad_enabled() and any(
+        x is not None and x.requires_grad for x in (q, k, v, g, beta, initial_state, A_log, dt_bias)
+    )
+    chunked_triton = impl == "triton" and (q.shape[1] > DECODE_MAX_TOKENS or needs_grad)
+    if chunked_triton:
+        from .chunk_triton import chunk_gated_delta_rule_triton
+
+        return chunk_gated_delta_rule_triton(q, k, v, g, beta, chunk_size=chunk_size, **options, **kwargs)
+    q, k, g = apply_input_options(q, k, g, **options)
     if impl == "reference":
         return gated_delta_rule_ref(q, k, v, g, beta, dtype=torch.float32, **kwargs)
     if impl == "torch":
         return chunk_gated_delta_rule_torch(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
-    needs_grad = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (q, k, v, g, beta, initial_state)
-    )
-    if q.shape[1] <= DECODE_MAX_TOKENS and not needs_grad:
-        from .recurrent_triton import recurrent_gated_delta_rule_triton
+    from .recurrent_triton import recurrent_gated_delta_rule_triton
 
-        return recurrent_gated_delta_rule_triton(q, k, v, g, beta, **kwargs)
-    from .chunk_triton import chunk_gated_delta_rule_triton
-
-    return chunk_gated_delta_rule_triton(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
+    return recurrent_gated_delta_rule_triton(q, k, v, g, beta, **kwargs)
 
 
-def _check_inputs(q, k, v, g, beta, gate, delta, initial_state, cu_seqlens) -> None:
+def _check_inputs(q, k, v, g, beta, gate, delta, initial_state, cu_seqlens, A_log, dt_bias) -> None:
     if gate not in GATES:
         raise ValueError(f"gate must be one of {GATES}, got '{gate}'")
     B, T, H, K = q.shape
@@ -142,3 +158,9 @@ def _check_inputs(q, k, v, g, beta, gate, delta, initial_state, cu_seqlens) -> N
     N = B if cu_seqlens is None else len(cu_seqlens) - 1
     if initial_state is not None and tuple(initial_state.shape) != (N, H, K, v.shape[-1]):
         raise ValueError(f"initial_state must be {(N, H, K, v.shape[-1])}, got {tuple(initial_state.shape)}")
+    if A_log is None and dt_bias is not None:
+        raise ValueError("dt_bias is the gate activation's bias: it needs A_log")
+    if A_log is not None and tuple(A_log.shape) != (H,):
+        raise ValueError(f"A_log must be ({H},) (one per head), got {tuple(A_log.shape)}")
+    if dt_bias is not None and dt_bias.numel() != math.prod(expected_g[2:]):
+        raise ValueError(f"dt_bias must have {math.prod(expected_g[2:])} elements for gate='{gate}'")

@@ -95,6 +95,57 @@ def _store_rows(p, x, rows, m_rows, i_h, H: tl.constexpr, D: tl.constexpr, BD: t
 
 
 @triton.jit
+def _load_qk(
+    p, rn, rows, m_rows, i_h, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, L2NORM: tl.constexpr
+):
+    """(len(rows), BD) tile of q or k, L2-normalised per row by the inverse norms `rn` (tokens, H) if L2NORM."""
+    b = _load_rows(p, rows, m_rows, i_h, H, D, BD)
+    if L2NORM:
+        b_r = tl.load(rn + rows * H + i_h, mask=m_rows, other=0.0)
+        b = (b.to(tl.float32) * b_r[:, None]).to(b.dtype)
+    return b
+
+
+@triton.jit
+def _load_qk_row(
+    p, rn, row, pos, valid, i_h, H: tl.constexpr, D: tl.constexpr, BD: tl.constexpr, L2NORM: tl.constexpr
+):
+    """Token `row` (at `pos` in its chunk of `valid` tokens) of q or k: (BD,) float32, normalised as `_load_qk`."""
+    o_d = tl.arange(0, BD)
+    m_d = (o_d < D) & (pos + 0 * o_d < valid)
+    b = tl.load(p + (row * H + i_h) * D + o_d, mask=m_d, other=0.0)
+    if L2NORM:
+        # the token's inverse norm, broadcast over the row
+        b_r = tl.load(rn + row * H + i_h + 0 * o_d, mask=m_d, other=0.0)
+        b = (b.to(tl.float32) * b_r).to(b.dtype)
+    return b.to(tl.float32)
+
+
+@triton.jit
+def _softplus(x):
+    """log(1 + e^x) as torch.nn.functional.softplus (x above 20 passes through); log1p by Goldberg's trick."""
+    y = tl.exp(tl.minimum(x, 20.0))
+    u = 1.0 + y
+    log1p = tl.where(u == 1.0, y, tl.log(u) * (y / tl.where(u == 1.0, 1.0, u - 1.0)))
+    return tl.where(x > 20.0, x, log1p)
+
+
+@triton.jit
+def _inverse_norm(b):
+    """1 / max(|row|, 1e-6) of a (rows, D) tile, as torch.nn.functional.normalize(eps=1e-6)."""
+    b = b.to(tl.float32)
+    return 1.0 / tl.maximum(tl.sqrt(tl.sum(b * b, axis=1)), 1e-6)
+
+
+@triton.jit
+def _l2norm_bwd(b_dx, b_xn, b_r):
+    """Gradient through x_n = x r, r = 1 / max(|x|, eps): r (dx_n - x_n (x_n . dx_n)), the projection only where
+    the norm is above eps (below it, r is the constant 1 / eps)."""
+    b_dot = tl.sum(b_xn * b_dx, axis=1)[:, None]
+    return b_r[:, None] * (b_dx - tl.where(b_r[:, None] < 1e6, b_xn * b_dot, 0.0))
+
+
+@triton.jit
 def _load_gate(G, rows, m_rows, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr, GATE_CHANNEL):
     """Gate tile: (rows, BK) per channel, (rows, 1) per head, ready to broadcast against (rows, BK)."""
     if GATE_CHANNEL:
@@ -131,27 +182,41 @@ def _load_tri(A, start, r_i, m_i, r_j, i_h, H: tl.constexpr, C: tl.constexpr, ST
 
 @triton.jit
 def cumsum_kernel(
-    g, G, cu_seqlens, chunk_indices, T,
+    g, G, q, k, A_log, dt_bias, cu_seqlens, chunk_indices, T, rq, rk,
     H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr,
-    GATE_CHANNEL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    GATE_CHANNEL: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr, GATE_ACT: tl.constexpr,
 ):  # fmt: skip
+    """G = cumsum of the log gate inside the chunk; with GATE_ACT, g = -exp(A_log) softplus(g_raw + dt_bias) first.
+    With L2NORM, also the inverse norms of q and k, which every later kernel applies as it loads them."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     start, valid = _chunk_of(i_c, cu_seqlens, chunk_indices, T, C, IS_VARLEN)
     o_t = tl.arange(0, C)
     m_t = o_t < valid
     if GATE_CHANNEL:
         b_g = _load_rows(g, start + o_t, m_t, i_h, H, K, BK).to(tl.float32)
+        if GATE_ACT:
+            o_k = tl.arange(0, BK)
+            b_x = b_g + tl.load(dt_bias + i_h * K + o_k, mask=o_k < K, other=0.0).to(tl.float32)[None, :]
+            b_g = tl.where(m_t[:, None], -tl.exp(tl.load(A_log + i_h).to(tl.float32)) * _softplus(b_x), 0.0)
         _store_rows(G, tl.cumsum(b_g, axis=0), start + o_t, m_t, i_h, H, K, BK)
     else:
         b_g = tl.load(g + (start + o_t) * H + i_h, mask=m_t, other=0.0).to(tl.float32)
+        if GATE_ACT:
+            b_x = b_g + tl.load(dt_bias + i_h).to(tl.float32)
+            b_g = tl.where(m_t, -tl.exp(tl.load(A_log + i_h).to(tl.float32)) * _softplus(b_x), 0.0)
         tl.store(G + (start + o_t) * H + i_h, tl.cumsum(b_g, axis=0), mask=m_t)
+    if L2NORM:
+        b_q = _load_rows(q, start + o_t, m_t, i_h, H, K, BK)
+        tl.store(rq + (start + o_t) * H + i_h, _inverse_norm(b_q), mask=m_t)
+        b_k = _load_rows(k, start + o_t, m_t, i_h, H, K, BK)
+        tl.store(rk + (start + o_t) * H + i_h, _inverse_norm(b_k), mask=m_t)
 
 
 @triton.jit
 def intra_kernel(
-    q, k, G, Aqk, Akk, cu_seqlens, chunk_indices, scale, T,
+    q, k, G, Aqk, Akk, cu_seqlens, chunk_indices, scale, T, rq, rk,
     H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr,
+    GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
 ):  # fmt: skip
     """One (BC, BC) block (I, J), J <= I, of A_qk (with the query scale) and A_kk (without beta)."""
     i_c, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -162,15 +227,15 @@ def intra_kernel(
     o_c = tl.arange(0, BC)
     r_i, r_j = i_i * BC + o_c, i_j * BC + o_c  # rows inside the chunk
     m_i, m_j = r_i < valid, r_j < valid
-    b_q = _load_rows(q, start + r_i, m_i, i_h, H, K, BK).to(tl.float32) * scale  # (BC, BK)
-    b_k = _load_rows(k, start + r_i, m_i, i_h, H, K, BK).to(tl.float32)
+    b_q = _load_qk(q, rq, start + r_i, m_i, i_h, H, K, BK, L2NORM).to(tl.float32) * scale  # (BC, BK)
+    b_k = _load_qk(k, rk, start + r_i, m_i, i_h, H, K, BK, L2NORM).to(tl.float32)
     b_gi = _load_gate(G, start + r_i, m_i, i_h, H, K, BK, GATE_CHANNEL)  # (BC, BK) | (BC, 1)
     if GATE_CHANNEL:
         if i_i > i_j:
             b_r = _load_gate_row(
                 G, start + tl.minimum(i_i * BC, valid - 1), i_h, H, K, BK, GATE_CHANNEL
             )  # (1, BK)
-            b_kj = _load_rows(k, start + r_j, m_j, i_h, H, K, BK).to(tl.float32)
+            b_kj = _load_qk(k, rk, start + r_j, m_j, i_h, H, K, BK, L2NORM).to(tl.float32)
             b_gj = _load_gate(G, start + r_j, m_j, i_h, H, K, BK, GATE_CHANNEL)
             b_kj = b_kj * _exp_le0(b_r - b_gj)
             b_di = _exp_le0(b_gi - b_r)
@@ -184,14 +249,14 @@ def intra_kernel(
                 o_k = tl.arange(0, BK)
                 m_rk = (o_k < K) & (i_i * BC + j + 0 * o_k < valid)
                 p_row = (row * H + i_h) * K + o_k
-                b_kj = tl.load(k + p_row, mask=m_rk, other=0.0).to(tl.float32)
+                b_kj = _load_qk_row(k, rk, row, i_i * BC + j, valid, i_h, H, K, BK, L2NORM)
                 b_gj = tl.load(G + p_row, mask=m_rk, other=0.0)
                 b_kd = b_kj[None, :] * tl.exp(tl.minimum(b_gi - b_gj[None, :], 0.0))  # (BC, BK)
                 b_qk = tl.where(o_c[None, :] == j, tl.sum(b_q * b_kd, axis=1)[:, None], b_qk)
                 if USE_DELTA:
                     b_kk = tl.where(o_c[None, :] == j, tl.sum(b_k * b_kd, axis=1)[:, None], b_kk)
     else:
-        b_kj = _load_rows(k, start + r_j, m_j, i_h, H, K, BK)
+        b_kj = _load_qk(k, rk, start + r_j, m_j, i_h, H, K, BK, L2NORM)
         b_gj = tl.load(G + (start + r_j) * H + i_h, mask=m_j, other=0.0)
         b_d = _exp_le0(b_gi - b_gj[None, :])  # (BC, BC)
         b_qk = tl.dot(b_q.to(b_kj.dtype), tl.trans(b_kj)) * b_d
@@ -204,20 +269,24 @@ def intra_kernel(
 
 
 @triton.jit
-def _inv_unit_lower(b_N, BC: tl.constexpr):
-    """(I + N)^-1 for a strictly lower-triangular (BC, BC) N, by forward substitution row by row."""
-    o = tl.arange(0, BC)
-    b_M = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
-    for i in range(1, BC):
-        b_n = tl.sum(tl.where(o[:, None] == i, b_N, 0.0), axis=0)  # row i of N
-        b_row = tl.sum(b_n[:, None] * b_M, axis=0)  # sum_{j<i} N_ij M_j
-        b_M = tl.where(o[:, None] == i, b_M - b_row[None, :], b_M)
-    return b_M
+def _dot32(a, b):
+    return tl.dot(a, b, input_precision="ieee")
 
 
 @triton.jit
-def _dot32(a, b):
-    return tl.dot(a, b, input_precision="ieee")
+def _inv_unit_lower(b_N, BC: tl.constexpr):
+    """(I + N)^-1 for a strictly lower-triangular (16, 16) N: N^16 = 0, so the inverse is the sum of (-N)^p for
+    p < 16 = (I - N)(I + N^2)(I + N^4)(I + N^8). Seven small products and no serial loop (a forward substitution
+    takes 15 dependent row steps, each a reduction across the program's threads)."""
+    tl.static_assert(BC == 16)
+    o = tl.arange(0, BC)
+    b_I = tl.where(o[:, None] == o[None, :], 1.0, 0.0)
+    b_P = _dot32(b_N, b_N)  # N^2
+    b_M = _dot32(b_I - b_N, b_I + b_P)
+    b_P = _dot32(b_P, b_P)  # N^4
+    b_M = _dot32(b_M, b_I + b_P)
+    b_P = _dot32(b_P, b_P)  # N^8
+    return _dot32(b_M, b_I + b_P)
 
 
 @triton.jit
@@ -243,11 +312,14 @@ def _store_block(M, x, start, valid, i_h, I: tl.constexpr, J: tl.constexpr, H: t
 
 @triton.jit
 def solve_kernel(
-    k, v, beta, G, Akk, M, w, u, cu_seqlens, chunk_indices, T,
+    k, v, beta, G, Akk, M, w, u, kd, cu_seqlens, chunk_indices, T, rk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BC: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, GATE_CHANNEL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, GATE_CHANNEL: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
+    STORE_KD: tl.constexpr,
 ):  # fmt: skip
-    """M = (I + Diag(beta) A_kk)^-1 by (BC, BC) blocks (C / BC in 1, 2, 4), then W and U."""
+    """M = (I + Diag(beta) A_kk)^-1 by (BC, BC) blocks (C / BC in 1, 2, 4), then W and U. With STORE_KD, also the
+    keys decayed to the chunk's end, e^{G_C - G} * K, for the sequential state kernel (per channel, that saves it
+    a (C, K) float32 gate tile and its exponentials in every step of its serial loop)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     start, valid = _chunk_of(i_c, cu_seqlens, chunk_indices, T, C, IS_VARLEN)
     NS: tl.constexpr = C // BC
@@ -286,10 +358,13 @@ def solve_kernel(
     m_t = o_t < valid
     b_M = _load_tri(M, start, o_t, m_t, o_t, i_h, H, C, False)  # (C, C)
     b_b = tl.load(beta + (start + o_t) * H + i_h, mask=m_t, other=0.0).to(tl.float32)
-    b_k = _load_rows(k, start + o_t, m_t, i_h, H, K, BK).to(tl.float32)
+    b_k = _load_qk(k, rk, start + o_t, m_t, i_h, H, K, BK, L2NORM).to(tl.float32)
     b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
     b_w = tl.dot(b_M, b_k * _exp_le0(b_g) * b_b[:, None])
     _store_rows(w, b_w, start + o_t, m_t, i_h, H, K, BK)
+    if STORE_KD:
+        b_gc = _load_gate_row(G, start + valid - 1, i_h, H, K, BK, GATE_CHANNEL)
+        _store_rows(kd, b_k * _exp_le0(b_gc - b_g), start + o_t, m_t, i_h, H, K, BK)
     for i_v in range(0, tl.cdiv(V, BV)):
         o_v = i_v * BV + tl.arange(0, BV)
         p_v = ((start + o_t[:, None]) * H + i_h) * V + o_v[None, :]
@@ -300,10 +375,10 @@ def solve_kernel(
 
 @triton.jit
 def state_kernel(
-    k, v, w, u, G, h, vn, h0, ht, cu_seqlens, chunk_offsets, T,
+    k, v, w, u, kd, G, h, vn, h0, ht, cu_seqlens, chunk_offsets, T, rk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
-    STORE_FINAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr,
+    STORE_FINAL_STATE: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr, HAS_KD: tl.constexpr,
 ):  # fmt: skip
     """Sequential over the chunks of one sequence: h_n (state before chunk n) and V' = U - W h_n."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -332,10 +407,13 @@ def state_kernel(
         else:
             b_vn = tl.load(v + p_tv, mask=m_tv, other=0.0).to(tl.float32)
         last = tl.minimum(eos - start, C) - 1
-        b_k = _load_rows(k, start + o_t, m_t, i_h, H, K, BK)
-        b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
         b_gc = _load_gate_row(G, start + last, i_h, H, K, BK, GATE_CHANNEL)  # (1, BK) | (1, 1)
-        b_kd = (b_k * _exp_le0(b_gc - b_g)).to(b_k.dtype)
+        if HAS_KD:
+            b_kd = _load_rows(kd, start + o_t, m_t, i_h, H, K, BK)  # e^{G_C - G} * K, from the solve
+        else:
+            b_k = _load_qk(k, rk, start + o_t, m_t, i_h, H, K, BK, L2NORM)
+            b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
+            b_kd = (b_k * _exp_le0(b_gc - b_g)).to(b_k.dtype)
         b_h = b_h * tl.trans(_exp_le0(b_gc)) + tl.dot(tl.trans(b_kd), b_vn.to(b_kd.dtype))
     if STORE_FINAL_STATE:
         tl.store(ht + i_n * H * K * V + p_kv, b_h, mask=m_kv)
@@ -343,9 +421,9 @@ def state_kernel(
 
 @triton.jit
 def output_kernel(
-    q, G, h, vn, Aqk, o, cu_seqlens, chunk_indices, scale, T,
+    q, G, h, vn, Aqk, o, cu_seqlens, chunk_indices, scale, T, rq,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE_CHANNEL: tl.constexpr, IS_VARLEN: tl.constexpr,
+    GATE_CHANNEL: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
 ):  # fmt: skip
     """O = (scale q * e^G) h_n + A_qk V' for one chunk and V-block."""
     i_v, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -354,7 +432,7 @@ def output_kernel(
     m_t = o_t < valid
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
-    b_q = _load_rows(q, start + o_t, m_t, i_h, H, K, BK)
+    b_q = _load_qk(q, rq, start + o_t, m_t, i_h, H, K, BK, L2NORM)
     b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
     b_qg = (b_q * _exp_le0(b_g) * scale).to(b_q.dtype)
     p_h = h + ((i_c * H + i_h) * K + o_k[:, None]) * V + o_v[None, :]
@@ -372,10 +450,10 @@ def output_kernel(
 
 @triton.jit
 def state_bwd_kernel(
-    q, k, w, G, Aqk, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale, T,
+    q, k, w, G, Aqk, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale, T, rq, rk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, HAS_INITIAL_STATE: tl.constexpr,
-    HAS_FINAL_GRAD: tl.constexpr, IS_VARLEN: tl.constexpr,
+    HAS_FINAL_GRAD: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
 ):  # fmt: skip
     """Reverse over chunks: dh_n = gradient of the state after chunk n, dV' = A_qk^T dO + (e^{G_C-G} K) dh_n."""
     i_v, i_nh = tl.program_id(0), tl.program_id(1)
@@ -399,8 +477,8 @@ def state_bwd_kernel(
         p_tv = ((start + o_t[:, None]) * H + i_h) * V + o_v[None, :]
         m_tv = m_t[:, None] & (o_v < V)[None, :]
         last = tl.minimum(eos - start, C) - 1
-        b_q = _load_rows(q, start + o_t, m_t, i_h, H, K, BK)
-        b_k = _load_rows(k, start + o_t, m_t, i_h, H, K, BK)
+        b_q = _load_qk(q, rq, start + o_t, m_t, i_h, H, K, BK, L2NORM)
+        b_k = _load_qk(k, rk, start + o_t, m_t, i_h, H, K, BK, L2NORM)
         b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
         b_gc = _load_gate_row(G, start + last, i_h, H, K, BK, GATE_CHANNEL)
         b_do = tl.load(do + p_tv, mask=m_tv, other=0.0)
@@ -420,9 +498,9 @@ def state_bwd_kernel(
 @triton.jit
 def local_bwd_kernel(
     q, k, v, beta, G, Akk, M, w, u, h, vn, dh, dvn, do,
-    dq, dk, dv, dG, dbeta, dAqk, dAkk, cu_seqlens, chunk_indices, scale, T,
+    dq, dk, dv, dG, dbeta, dAqk, dAkk, cu_seqlens, chunk_indices, scale, T, rq, rk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr,
+    GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
 ):  # fmt: skip
     """Per chunk, everything that touches the states, the UT transform and beta; partial dq, dk, dG."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
@@ -430,8 +508,8 @@ def local_bwd_kernel(
     o_t = tl.arange(0, C)
     m_t = o_t < valid
     o_k = tl.arange(0, BK)
-    b_q = _load_rows(q, start + o_t, m_t, i_h, H, K, BK).to(tl.float32) * scale
-    b_k = _load_rows(k, start + o_t, m_t, i_h, H, K, BK).to(tl.float32)
+    b_q = _load_qk(q, rq, start + o_t, m_t, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
+    b_k = _load_qk(k, rk, start + o_t, m_t, i_h, H, K, BK, L2NORM).to(tl.float32)
     b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
     b_gc = _load_gate_row(G, start + valid - 1, i_h, H, K, BK, GATE_CHANNEL)
     b_dq = tl.zeros([C, BK], dtype=tl.float32)
@@ -507,11 +585,15 @@ def local_bwd_kernel(
 
 @triton.jit
 def intra_bwd_kernel(
-    q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T,
-    H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
-    GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr,
+    q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias, dA_part,
+    db_part, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
+    GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
+    GATE_ACT: tl.constexpr, BG: tl.constexpr,
 ):  # fmt: skip
-    """Gradients through A_qk and A_kk, block by block from the chunk's end; dg = reverse cumsum of dG."""
+    """Gradients through A_qk and A_kk, block by block from the chunk's end; dg = reverse cumsum of dG.
+
+    With L2NORM, dq and dk are taken through the normalisation; with GATE_ACT, dg through the gate activation
+    (to g_raw), and the chunk's partial sums of the gradients of A_log and dt_bias go to dA_part, db_part."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     start, valid = _chunk_of(i_c, cu_seqlens, chunk_indices, T, C, IS_VARLEN)
     NS: tl.constexpr = C // BC
@@ -519,14 +601,19 @@ def intra_bwd_kernel(
     o_k = tl.arange(0, BK)
     if GATE_CHANNEL:
         b_carry = tl.zeros([1, BK], dtype=tl.float32)
+        b_dbias = tl.zeros([BK], dtype=tl.float32)
     else:
         b_carry = tl.zeros([1], dtype=tl.float32)
+        b_dbias = tl.sum(tl.zeros([1], dtype=tl.float32), axis=0)
+    b_dA = tl.sum(tl.zeros([1], dtype=tl.float32), axis=0)
+    if GATE_ACT:
+        b_a = tl.exp(tl.load(A_log + i_h).to(tl.float32))
     for i_r in range(0, NS):
         i_s = NS - 1 - i_r
         r_s = i_s * BC + o_c
         m_s = r_s < valid
-        b_qs = _load_rows(q, start + r_s, m_s, i_h, H, K, BK).to(tl.float32) * scale
-        b_ks = _load_rows(k, start + r_s, m_s, i_h, H, K, BK).to(tl.float32)
+        b_qs = _load_qk(q, rq, start + r_s, m_s, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
+        b_ks = _load_qk(k, rk, start + r_s, m_s, i_h, H, K, BK, L2NORM).to(tl.float32)
         b_gs = _load_gate(G, start + r_s, m_s, i_h, H, K, BK, GATE_CHANNEL)
         b_dq = tl.zeros([BC, BK], dtype=tl.float32)  # through A_qk, as a row
         b_dkr = tl.zeros([BC, BK], dtype=tl.float32)  # through A_kk, as a row
@@ -536,7 +623,7 @@ def intra_bwd_kernel(
             b_r = _load_gate_row(G, start + tl.minimum(i_s * BC, valid - 1), i_h, H, K, BK, GATE_CHANNEL)
         for i_j in range(0, i_s):
             r_j = i_j * BC + o_c
-            b_kj = _load_rows(k, start + r_j, r_j < valid, i_h, H, K, BK).to(tl.float32)
+            b_kj = _load_qk(k, rk, start + r_j, r_j < valid, i_h, H, K, BK, L2NORM).to(tl.float32)
             b_gj = _load_gate(G, start + r_j, r_j < valid, i_h, H, K, BK, GATE_CHANNEL)
             b_da = _load_tri(dAqk, start, r_s, m_s, r_j, i_h, H, C, False)
             if GATE_CHANNEL:
@@ -555,7 +642,7 @@ def intra_bwd_kernel(
         for i_i in range(i_s + 1, NS):
             r_i = i_i * BC + o_c
             m_i = r_i < valid
-            b_qi = _load_rows(q, start + r_i, m_i, i_h, H, K, BK).to(tl.float32) * scale
+            b_qi = _load_qk(q, rq, start + r_i, m_i, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
             b_gi = _load_gate(G, start + r_i, m_i, i_h, H, K, BK, GATE_CHANNEL)
             b_da = _load_tri(dAqk, start, r_i, m_i, r_s, i_h, H, C, False)
             if GATE_CHANNEL:
@@ -563,7 +650,7 @@ def intra_bwd_kernel(
                 b_di = _exp_le0(b_gi - b_ri)
                 b_acc = tl.dot(tl.trans(b_da), b_qi * b_di)
                 if USE_DELTA:
-                    b_ki = _load_rows(k, start + r_i, m_i, i_h, H, K, BK).to(tl.float32)
+                    b_ki = _load_qk(k, rk, start + r_i, m_i, i_h, H, K, BK, L2NORM).to(tl.float32)
                     b_db = _load_tri(dAkk, start, r_i, m_i, r_s, i_h, H, C, True)
                     b_acc += tl.dot(tl.trans(b_db), b_ki * b_di)
                 b_dkc += b_acc * _exp_le0(b_ri - b_gs)
@@ -571,44 +658,51 @@ def intra_bwd_kernel(
                 b_d = _exp_le0(b_gi - tl.trans(b_gs))  # (BC_i, BC_s)
                 b_dkc += tl.dot(tl.trans(b_da * b_d), b_qi)
                 if USE_DELTA:
-                    b_ki = _load_rows(k, start + r_i, m_i, i_h, H, K, BK).to(tl.float32)
+                    b_ki = _load_qk(k, rk, start + r_i, m_i, i_h, H, K, BK, L2NORM).to(tl.float32)
                     b_db = _load_tri(dAkk, start, r_i, m_i, r_s, i_h, H, C, True)
                     b_dkc += tl.dot(tl.trans(b_db * b_d), b_ki)
         # the diagonal block
-        b_da = _load_tri(dAqk, start, r_s, m_s, r_s, i_h, H, C, False)
-        if USE_DELTA:
-            b_db = _load_tri(dAkk, start, r_s, m_s, r_s, i_h, H, C, True)
         if GATE_CHANNEL:
-            for j in range(0, BC):
-                row = start + i_s * BC + j
-                p_row = (row * H + i_h) * K + o_k
-                m_rk = (o_k < K) & (i_s * BC + j + 0 * o_k < valid)
-                b_kj = tl.load(k + p_row, mask=m_rk, other=0.0).to(tl.float32)[None, :]
-                b_qj = tl.load(q + p_row, mask=m_rk, other=0.0).to(tl.float32)[None, :] * scale
-                b_gj = tl.load(G + p_row, mask=m_rk, other=0.0)[None, :]
-                # token j as the column: rows i >= j of this block
-                b_col = tl.sum(tl.where(o_c[None, :] == j, b_da, 0.0), axis=1)[:, None]  # dA[:, j]
-                b_dq += b_col * b_kj * tl.exp(tl.minimum(b_gs - b_gj, 0.0))
-                # token j as the row: columns i <= j of this block
-                b_row = tl.sum(tl.where(o_c[:, None] == j, b_da, 0.0), axis=0)[:, None]  # dA[j, :]
-                b_acc = b_row * b_qj
+            # BG tokens at a time: (BC, BG, BK) tiles of exact pairwise decays, reduced over the group; the rows and
+            # columns of dA come from memory (extracting them from the register tile takes a reduction each)
+            for j0 in range(0, BC, BG):
+                r_g = i_s * BC + j0 + tl.arange(0, BG)
+                m_g = r_g < valid
+                b_kg = _load_qk(k, rk, start + r_g, m_g, i_h, H, K, BK, L2NORM).to(tl.float32)  # (BG, BK)
+                b_qg = _load_qk(q, rq, start + r_g, m_g, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
+                b_gg = _load_gate(G, start + r_g, m_g, i_h, H, K, BK, GATE_CHANNEL)
+                # the group as columns j <= i of the block's rows i
+                b_e = tl.exp(tl.minimum(b_gs[:, None, :] - b_gg[None, :, :], 0.0))  # (BC, BG, BK)
+                b_da = _load_tri(dAqk, start, r_s, m_s, r_g, i_h, H, C, False)  # (BC, BG)
+                b_dq += tl.sum(b_da[:, :, None] * b_kg[None, :, :] * b_e, axis=1)
                 if USE_DELTA:
-                    b_colk = tl.sum(tl.where(o_c[None, :] == j, b_db, 0.0), axis=1)[:, None]
-                    b_dkr += b_colk * b_kj * tl.exp(tl.minimum(b_gs - b_gj, 0.0))
-                    b_rowk = tl.sum(tl.where(o_c[:, None] == j, b_db, 0.0), axis=0)[:, None]
-                    b_acc += b_rowk * b_kj
-                b_dkc += b_acc * tl.exp(tl.minimum(b_gj - b_gs, 0.0))
+                    b_db = _load_tri(dAkk, start, r_s, m_s, r_g, i_h, H, C, True)
+                    b_dkr += tl.sum(b_db[:, :, None] * b_kg[None, :, :] * b_e, axis=1)
+                # the group as rows i >= j of the block's columns j
+                b_da = _load_tri(dAqk, start, r_g, m_g, r_s, i_h, H, C, False)  # (BG, BC)
+                b_x = b_da[:, :, None] * b_qg[:, None, :]  # (BG, BC, BK)
+                if USE_DELTA:
+                    b_db = _load_tri(dAkk, start, r_g, m_g, r_s, i_h, H, C, True)
+                    b_x += b_db[:, :, None] * b_kg[:, None, :]
+                b_dkc += tl.sum(b_x * tl.exp(tl.minimum(b_gg[:, None, :] - b_gs[None, :, :], 0.0)), axis=0)
         else:
+            b_da = _load_tri(dAqk, start, r_s, m_s, r_s, i_h, H, C, False)
             b_d = _exp_le0(b_gs - tl.trans(b_gs))
             b_dq += tl.dot(b_da * b_d, b_ks)
             b_dkc += tl.dot(tl.trans(b_da * b_d), b_qs)
             if USE_DELTA:
+                b_db = _load_tri(dAkk, start, r_s, m_s, r_s, i_h, H, C, True)
                 b_dkr += tl.dot(b_db * b_d, b_ks)
                 b_dkc += tl.dot(tl.trans(b_db * b_d), b_ks)
         # totals: partial gradients of the local kernel plus these
-        b_dqt = _load_rows(dq, start + r_s, m_s, i_h, H, K, BK) + b_dq
+        b_dqt = (_load_rows(dq, start + r_s, m_s, i_h, H, K, BK) + b_dq) * scale
         b_dkt = _load_rows(dk, start + r_s, m_s, i_h, H, K, BK) + b_dkr + b_dkc
-        _store_rows(dq, b_dqt * scale, start + r_s, m_s, i_h, H, K, BK)
+        if L2NORM:
+            b_rq = tl.load(rq + (start + r_s) * H + i_h, mask=m_s, other=0.0)
+            b_dqt = _l2norm_bwd(b_dqt, b_qs / scale, b_rq)
+            b_rk = tl.load(rk + (start + r_s) * H + i_h, mask=m_s, other=0.0)
+            b_dkt = _l2norm_bwd(b_dkt, b_ks, b_rk)
+        _store_rows(dq, b_dqt, start + r_s, m_s, i_h, H, K, BK)
         _store_rows(dk, b_dkt, start + r_s, m_s, i_h, H, K, BK)
         b_dgs = b_qs * b_dq + b_ks * (b_dkr - b_dkc)
         # dg_s = sum over later tokens of the chunk of dG
@@ -616,6 +710,14 @@ def intra_bwd_kernel(
             b_dgs += _load_rows(dG, start + r_s, m_s, i_h, H, K, BK)
             b_rev = tl.sum(b_dgs, axis=0)[None, :] - tl.cumsum(b_dgs, axis=0) + b_dgs + b_carry
             b_carry += tl.sum(b_dgs, axis=0)[None, :]
+            if GATE_ACT:
+                # g = -a softplus(x), x = g_raw + dt_bias: dg/dx = -a sigmoid(x), dg/dA_log = g
+                b_x = _load_rows(g, start + r_s, m_s, i_h, H, K, BK).to(tl.float32)
+                b_x += tl.load(dt_bias + i_h * K + o_k, mask=o_k < K, other=0.0).to(tl.float32)[None, :]
+                b_rev = tl.where(m_s[:, None], b_rev, 0.0)
+                b_dA += tl.sum(tl.sum(b_rev * -b_a * _softplus(b_x), axis=1), axis=0)
+                b_rev = b_rev * -b_a * tl.sigmoid(b_x)
+                b_dbias += tl.sum(b_rev, axis=0)
             _store_rows(dg, b_rev, start + r_s, m_s, i_h, H, K, BK)
         else:
             # a masked sum, not tl.cumsum: Triton 3.6 (with assertions) fails to lower the scan of a (BC, 1) tile
@@ -623,7 +725,20 @@ def intra_bwd_kernel(
             b_d1 = tl.sum(b_dgs, axis=1) + tl.load(dG + (start + r_s) * H + i_h, mask=m_s, other=0.0)
             b_rev = tl.sum(tl.where(o_c[None, :] >= o_c[:, None], b_d1[None, :], 0.0), axis=1) + b_carry
             b_carry += tl.sum(b_d1, axis=0)
+            if GATE_ACT:
+                b_x = tl.load(g + (start + r_s) * H + i_h, mask=m_s, other=0.0).to(tl.float32)
+                b_x += tl.load(dt_bias + i_h).to(tl.float32)
+                b_rev = tl.where(m_s, b_rev, 0.0)
+                b_dA += tl.sum(b_rev * -b_a * _softplus(b_x), axis=0)
+                b_rev = b_rev * -b_a * tl.sigmoid(b_x)
+                b_dbias += tl.sum(b_rev, axis=0)
             tl.store(dg + (start + r_s) * H + i_h, b_rev, mask=m_s)
+    if GATE_ACT:
+        tl.store(dA_part + i_c * H + i_h, b_dA)
+        if GATE_CHANNEL:
+            tl.store(db_part + (i_c * H + i_h) * K + o_k, b_dbias, mask=o_k < K)
+        else:
+            tl.store(db_part + i_c * H + i_h, b_dbias)
 
 
 # --------------------------------------------------------------------------------------------- launchers
@@ -655,8 +770,27 @@ def _block_k(K: int) -> int:
     return max(16, triton.next_power_of_2(K))
 
 
-def chunk_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, gate, delta, C):
-    """Forward over (B, T, H, D) inputs; returns o, the final state and what the backward needs."""
+def chunk_fwd(
+    q,
+    k,
+    v,
+    g,
+    beta,
+    scale,
+    initial_state,
+    output_final_state,
+    cu_seqlens,
+    gate,
+    delta,
+    C,
+    l2norm,
+    A_log,
+    dt_bias,
+):
+    """Forward over (B, T, H, D) inputs; returns o, the final state and what the backward needs.
+
+    l2norm: q and k are normalised per token and head inside the kernels. A_log (H,) and dt_bias (H,) | (H, K)
+    given: g is the gate's raw input, activated inside the first kernel (see `cumsum_kernel`)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     channel = gate == "channel"
@@ -665,19 +799,39 @@ def chunk_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seq
     is_varlen = cu_seqlens is not None
     dev = q.device
     G = _empty(g.shape, dtype=torch.float32, device=dev)
-    common = dict(H=H, K=K, C=C, BK=BK, GATE_CHANNEL=channel, IS_VARLEN=is_varlen)
-    cumsum_kernel[(NC, H)](g, G, cu_seqlens, chunk_indices, T, **common)
+    common = dict(H=H, K=K, C=C, BK=BK, GATE_CHANNEL=channel, IS_VARLEN=is_varlen, L2NORM=l2norm)
+    # inverse norms of q and k, (B, T, H) float32 each
+    rq = _empty(q.shape[:3], dtype=torch.float32, device=dev) if l2norm else None
+    rk = _empty(q.shape[:3], dtype=torch.float32, device=dev) if l2norm else None
+    cumsum_kernel[(NC, H)](
+        g, G, q, k, A_log, dt_bias, cu_seqlens, chunk_indices, T, rq, rk, GATE_ACT=A_log is not None, **common
+    )
     Aqk = _empty(B, T, H, C, dtype=torch.float32, device=dev)
     Akk = _empty(Aqk.shape, dtype=torch.float32, device=dev) if delta else None
     NS = C // BC
     intra_kernel[(NC, NS * (NS + 1) // 2, H)](
-        q, k, G, Aqk, Akk, cu_seqlens, chunk_indices, scale, T, BC=BC, USE_DELTA=delta, **common, **HEAVY
+        q,
+        k,
+        G,
+        Aqk,
+        Akk,
+        cu_seqlens,
+        chunk_indices,
+        scale,
+        T,
+        rq,
+        rk,
+        BC=BC,
+        USE_DELTA=delta,
+        **common,
+        **HEAVY,
     )
-    M = w = u = None
+    M = w = u = kd = None
     if delta:
         M = _empty(Aqk.shape, dtype=torch.float32, device=dev)
         w = _empty(k.shape, dtype=k.dtype, device=dev)
         u = _empty(v.shape, dtype=v.dtype, device=dev)
+        kd = _empty(k.shape, dtype=k.dtype, device=dev) if channel else None
         solve_kernel[(NC, H)](
             k,
             v,
@@ -687,9 +841,12 @@ def chunk_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seq
             M,
             w,
             u,
+            kd,
             cu_seqlens,
             chunk_indices,
             T,
+            rk,
+            STORE_KD=kd is not None,
             V=V,
             BC=SUB_CHUNK,
             BV=BV,
@@ -702,33 +859,36 @@ def chunk_fwd(q, k, v, g, beta, scale, initial_state, output_final_state, cu_seq
     # the sequential kernels get narrower V-blocks: more programs in flight when B * H is small
     BVS = min(BV, 32)
     state_kernel[(triton.cdiv(V, BVS), N * H)](
-        k, v, w, u, G, h, vn, initial_state, ht, cu_seqlens, chunk_offsets, T, V=V, BV=BVS,
-        USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=output_final_state,
+        k, v, w, u, kd, G, h, vn, initial_state, ht, cu_seqlens, chunk_offsets, T, rk, V=V, BV=BVS,
+        HAS_KD=kd is not None, USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=output_final_state,
         **common, **HEAVY,
     )  # fmt: skip
     o = _empty(v.shape, dtype=v.dtype, device=dev)
     output_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, G, h, vn, Aqk, o, cu_seqlens, chunk_indices, scale, T, V=V, BV=BV, **common, **HEAVY
+        q, G, h, vn, Aqk, o, cu_seqlens, chunk_indices, scale, T, rq, V=V, BV=BV, **common, **HEAVY
     )
-    return o, ht, (G, Aqk, Akk, M, w, u, h, vn)
+    return o, ht, (G, Aqk, Akk, M, w, u, h, vn, rq, rk)
 
 
-def chunk_bwd(q, k, v, beta, scale, initial_state, cu_seqlens, gate, delta, C, saved, do, dht, g_dtype):
+def chunk_bwd(
+    q, k, v, g, beta, scale, initial_state, cu_seqlens, gate, delta, C, saved, do, dht, l2norm, A_log, dt_bias
+):
+    """Gradients of q, k, v, g, beta, the initial state, A_log and dt_bias (the last two None without them)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     channel = gate == "channel"
     BK, BV, BC = _block_k(K), _block_v(V), (SUB_CHUNK if channel else C)
     N, NC, chunk_indices, chunk_offsets = _chunk_tables(cu_seqlens, B, T, C)
-    G, Aqk, Akk, M, w, u, h, vn = saved
+    G, Aqk, Akk, M, w, u, h, vn, rq, rk = saved
     dev = q.device
-    common = dict(H=H, K=K, C=C, BK=BK, GATE_CHANNEL=channel, IS_VARLEN=cu_seqlens is not None)
+    common = dict(H=H, K=K, C=C, BK=BK, GATE_CHANNEL=channel, IS_VARLEN=cu_seqlens is not None, L2NORM=l2norm)
     do = do.contiguous()
     dh = _empty(NC, H, K, V, dtype=q.dtype, device=dev)
     dvn = _empty(B, T, H, V, dtype=torch.float32, device=dev)
     dh0 = _empty(N, H, K, V, dtype=torch.float32, device=dev) if initial_state is not None else None
     BVS = min(BV, 32)
     state_bwd_kernel[(triton.cdiv(V, BVS), N * H)](
-        q, k, w, G, Aqk, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale, T, V=V, BV=BVS,
+        q, k, w, G, Aqk, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale, T, rq, rk, V=V, BV=BVS,
         USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, HAS_FINAL_GRAD=dht is not None,
         **common, **HEAVY,
     )  # fmt: skip
@@ -741,37 +901,66 @@ def chunk_bwd(q, k, v, beta, scale, initial_state, cu_seqlens, gate, delta, C, s
     dAkk = _empty(Aqk.shape, dtype=torch.float32, device=dev) if delta else None
     local_bwd_kernel[(NC, H)](
         q, k, v, beta, G, Akk, M, w, u, h, vn, dh, dvn, do, dq, dk, dv, dG, dbeta, dAqk, dAkk,
-        cu_seqlens, chunk_indices, scale, T, V=V, BV=BV, USE_DELTA=delta, **common, **HEAVY,
+        cu_seqlens, chunk_indices, scale, T, rq, rk, V=V, BV=BV, USE_DELTA=delta, **common, **HEAVY,
     )  # fmt: skip
     dg = _empty(G.shape, dtype=torch.float32, device=dev)
+    gate_act = A_log is not None
+    # per-chunk partial sums of the gradients of A_log and dt_bias
+    dA_part = _empty(NC, H, dtype=torch.float32, device=dev) if gate_act else None
+    db_part = _empty(NC, *dt_bias.shape, dtype=torch.float32, device=dev) if gate_act else None
+    # BG: tokens per step of the diagonal blocks; 2 and 4 spill registers at K = 128 (sm_90, Triton 3.6)
     intra_bwd_kernel[(NC, H)](
-        q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, BC=BC, USE_DELTA=delta,
-        **common, **HEAVY,
+        q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias,
+        dA_part, db_part, BC=BC, USE_DELTA=delta, GATE_ACT=gate_act, BG=1, **common, **HEAVY,
     )  # fmt: skip
     dbeta = None if dbeta is None else dbeta.to(beta.dtype)
     if dh0 is not None:
         dh0 = dh0.to(initial_state.dtype)
-    return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g_dtype), dbeta, dh0
+    dA_log = ddt_bias = None
+    if gate_act:
+        dA_log, ddt_bias = dA_part.sum(0).to(A_log.dtype), db_part.sum(0).to(dt_bias.dtype)
+    return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dbeta, dh0, dA_log, ddt_bias
 
 
 class ChunkGatedDeltaRule(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, g, beta, initial_state, scale, gate, delta, output_final_state, cu_seqlens, C):
+    def forward(
+        ctx, q, k, v, g, beta, initial_state, A_log, dt_bias, scale, gate, delta, output_final_state, cu_seqlens, C,
+        l2norm,
+    ):  # fmt: skip
         o, ht, saved = chunk_fwd(
-            q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, gate, delta, C
-        )
-        ctx.save_for_backward(q, k, v, beta, initial_state, cu_seqlens, *saved)
-        ctx.config = (scale, gate, delta, C, g.dtype)
+            q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, gate, delta, C, l2norm, A_log,
+            dt_bias,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, *saved)
+        ctx.config = (scale, gate, delta, C, l2norm)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
-        q, k, v, beta, initial_state, cu_seqlens, *saved = ctx.saved_tensors
-        scale, gate, delta, C, g_dtype = ctx.config
-        dq, dk, dv, dg, dbeta, dh0 = chunk_bwd(
-            q, k, v, beta, scale, initial_state, cu_seqlens, gate, delta, C, saved, do, dht, g_dtype
+        q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, *saved = ctx.saved_tensors
+        scale, gate, delta, C, l2norm = ctx.config
+        grads = chunk_bwd(
+            q,
+            k,
+            v,
+            g,
+            beta,
+            scale,
+            initial_state,
+            cu_seqlens,
+            gate,
+            delta,
+            C,
+            saved,
+            do,
+            dht,
+            l2norm,
+            A_log,
+            dt_bias,
         )
-        return dq, dk, dv, dg, dbeta, dh0, None, None, None, None, None, None
+        dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias = grads
+        return dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias, *[None] * 7
 
 
 def chunk_gated_delta_rule_triton(
@@ -788,8 +977,11 @@ def chunk_gated_delta_rule_triton(
     output_final_state: bool = False,
     cu_seqlens: Tensor | None = None,
     chunk_size: int = 64,
+    use_qk_l2norm: bool = False,
+    A_log: Tensor | None = None,
+    dt_bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor | None]:
-    """Same contract as `gated_delta_rule_ref`: o in v's dtype, the final state in float32.
+    """Same contract as `kernels.gated_delta_rule.gated_delta_rule`: o in v's dtype, the final state in float32.
 
     chunk_size must be 16, 32 or 64; K up to 256 and any V (V is split into blocks of 64).
     """
@@ -799,6 +991,10 @@ def chunk_gated_delta_rule_triton(
     q, k, v, g = (x.contiguous() for x in (q, k, v, g))
     beta = None if beta is None else beta.contiguous()
     initial_state = None if initial_state is None else initial_state.contiguous()
+    if A_log is not None:
+        A_log = A_log.contiguous()
+        dt_bias = A_log.new_zeros(g.shape[2:]) if dt_bias is None else dt_bias.contiguous()
     return ChunkGatedDeltaRule.apply(
-        q, k, v, g, beta, initial_state, scale, gate, delta, output_final_state, cu_seqlens, chunk_size
-    )
+        q, k, v, g, beta, initial_state, A_log, dt_bias, scale, gate, delta, output_final_state, cu_seqlens,
+        chunk_size, use_qk_l2norm,
+    )  # fmt: skip

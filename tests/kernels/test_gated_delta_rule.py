@@ -4,7 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels.gated_delta_rule import chunk_gated_delta_rule_torch, gated_delta_rule, gated_delta_rule_ref
+from kernels.gated_delta_rule import (
+    apply_input_options,
+    chunk_gated_delta_rule_torch,
+    gated_delta_rule,
+    gated_delta_rule_ref,
+)
 
 # Relative RMS error allowed, by the dtype the compared implementation computes in.
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 2e-5}
@@ -38,6 +43,37 @@ def make_inputs(B, T, H, K, V, gate, delta, dtype=torch.float64, seed=0, states=
     return inputs
 
 
+def make_fused_option_inputs(B, T, H, K, V, gate, delta, dtype=torch.float64, seed=0):
+    """Inputs for use_qk_l2norm=True and the fused gate activation: raw q and k of varied norms, the gate's raw
+    input (one token at -inf: g = 0 there, a padded token), A_log and dt_bias as the models initialise them."""
+    inputs = {
+        n: None if x is None else x.detach()
+        for n, x in make_inputs(B, T, H, K, V, gate, delta, dtype, seed).items()
+    }
+    gen = torch.Generator().manual_seed(seed + 1)
+    inputs["q"] = inputs["q"] * 3
+    inputs["k"] = (
+        torch.randn(B, T, H, K, generator=gen, dtype=dtype) * torch.rand(B, T, H, 1, generator=gen) * 2
+    )
+    inputs["g"] = torch.randn(inputs["g"].shape, generator=gen, dtype=dtype)
+    inputs["g"][:, T // 2] = float("-inf")
+    inputs["A_log"] = torch.empty(H, dtype=dtype).uniform_(1, 16, generator=gen).log()
+    # softplus(dt_bias) in about [1e-3, 0.13], as the models initialise it
+    inputs["dt_bias"] = torch.empty(H * K if gate == "channel" else H, dtype=dtype).uniform_(
+        -7, -2, generator=gen
+    )
+    for x in inputs.values():
+        if x is not None:
+            x.requires_grad_(True)
+    return inputs
+
+
+def unfused_ref(q, k, v, g, beta=None, *, A_log, dt_bias, **kwargs):
+    """The float64 recurrence after the fused options' math (L2 norm of q and k, gate activation), unfused."""
+    q, k, g = apply_input_options(q, k, g, use_qk_l2norm=True, A_log=A_log, dt_bias=dt_bias)
+    return gated_delta_rule_ref(q, k, v, g, beta, **kwargs)
+
+
 def run_with_grads(fn, inputs, gate, delta, **kwargs):
     o, s = fn(**inputs, gate=gate, delta=delta, output_final_state=True, **kwargs)
     gen = torch.Generator().manual_seed(123)
@@ -63,6 +99,17 @@ def test_chunked_equals_recurrent_with_gradients(gate, delta, T, chunk_size):
     assert set(grads) == set(g_ref)
     for name in grads:
         assert rel_rms(grads[name], g_ref[name]) < tol, name
+
+
+@pytest.mark.parametrize("gate,delta", FAMILY)
+def test_fused_options_on_the_torch_path_equal_the_same_math_by_hand(gate, delta):
+    inputs = make_fused_option_inputs(2, 37, 2, 12, 7, gate, delta)
+    o_ref, s_ref, g_ref = run_with_grads(unfused_ref, inputs, gate, delta)
+    o, s, grads = run_with_grads(gated_delta_rule, inputs, gate, delta, impl="torch", use_qk_l2norm=True)
+    assert rel_rms(o, o_ref) < TOLERANCE[torch.float64]
+    assert rel_rms(s, s_ref) < TOLERANCE[torch.float64]
+    for name in grads:
+        assert rel_rms(grads[name], g_ref[name]) < TOLERANCE[torch.float64], name
 
 
 @pytest.mark.parametrize("gate,delta", FAMILY)

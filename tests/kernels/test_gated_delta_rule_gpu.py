@@ -5,7 +5,14 @@ import torch
 
 from kernels.gated_delta_rule import chunk_gated_delta_rule_torch, gated_delta_rule, gated_delta_rule_ref
 
-from .test_gated_delta_rule import FAMILY, make_inputs, rel_rms, run_with_grads
+from .test_gated_delta_rule import (
+    FAMILY,
+    make_fused_option_inputs,
+    make_inputs,
+    rel_rms,
+    run_with_grads,
+    unfused_ref,
+)
 
 pytestmark = pytest.mark.gpu
 
@@ -19,6 +26,8 @@ BF16_TOLERANCE = {
     "initial_state": 8e-3,
     "g": 2e-2,
     "beta": 2e-2,
+    "A_log": 2e-2,
+    "dt_bias": 2e-2,
 }
 
 
@@ -97,3 +106,16 @@ def test_triton_decode_steps_continue_a_prefill(gate, delta):
             pieces.append(o)
     assert rel_rms(torch.cat(pieces, dim=1), o_ref) < BF16_TOLERANCE["output"]
     assert rel_rms(state, s_ref) < BF16_TOLERANCE["state"]
+
+
+@pytest.mark.parametrize("gate", ["channel", "scalar"])
+def test_triton_fused_qk_l2norm_and_gate_activation_bf16(gate):
+    """Raw q, k and the gate's raw input with A_log, dt_bias (KDA, GDN as the models call the op)."""
+    cpu = make_fused_option_inputs(2, 300, 4, 64, 64, gate, True, dtype=torch.float64, seed=11)
+    low, high = on_cuda(cpu)
+    ref = run_with_grads(
+        unfused_ref, {n: None if x is None else x.cpu() for n, x in high.items()}, gate, True
+    )
+    result = run_with_grads(gated_delta_rule, low, gate, True, impl="triton", use_qk_l2norm=True)
+    assert {"A_log", "dt_bias"} <= set(result[2])
+    assert_within_table([result[0].cpu(), result[1].cpu(), {n: g.cpu() for n, g in result[2].items()}], ref)

@@ -14,9 +14,21 @@ if not torch.cuda.is_available():
     # must be set before the kernels' module is imported (triton.jit reads it then); the op imports it lazily
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from kernels.gated_delta_rule import DECODE_MAX_TOKENS, gated_delta_rule, gated_delta_rule_ref, resolve_impl
+from kernels.gated_delta_rule import (
+    DECODE_MAX_TOKENS,
+    gated_delta_rule,
+    gated_delta_rule_ref,
+    resolve_impl,
+)
 
-from .test_gated_delta_rule import FAMILY, make_inputs, rel_rms, run_with_grads
+from .test_gated_delta_rule import (
+    FAMILY,
+    make_fused_option_inputs,
+    make_inputs,
+    rel_rms,
+    run_with_grads,
+    unfused_ref,
+)
 
 pytestmark = pytest.mark.skipif(
     torch.cuda.is_available(), reason="interpreter tests; the gpu tests run on CUDA"
@@ -134,3 +146,31 @@ def test_auto_resolves_by_device_and_triton_on_cpu_needs_the_interpreter(monkeyp
     monkeypatch.delenv("TRITON_INTERPRET")
     with pytest.raises(ValueError, match="TRITON_INTERPRET"):
         resolve_impl("triton", "cpu")
+
+
+@pytest.mark.parametrize("gate,delta", FAMILY)
+@pytest.mark.parametrize("T,chunk_size", [(37, 16), (45, 32)])
+def test_fused_qk_l2norm_and_gate_activation_with_gradients(gate, delta, T, chunk_size):
+    """Raw q, k (any norm) and the gate's raw input, A_log and dt_bias: output, state and every gradient."""
+    inputs = lowered(make_fused_option_inputs(1, T, 2, 16, 24, gate, delta, seed=T), torch.float32)
+    ref = run_with_grads(unfused_ref, inputs, gate, delta)
+    tri = run_with_grads(
+        gated_delta_rule, inputs, gate, delta, impl="triton", chunk_size=chunk_size, use_qk_l2norm=True
+    )
+    assert {"A_log", "dt_bias", "g", "q", "k"} <= set(tri[2])
+    assert_close(tri, ref, TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("gate", ["channel", "scalar"])
+def test_fused_options_on_the_decode_path(gate):
+    inputs = {
+        n: None if x is None else x.detach().float()
+        for n, x in make_fused_option_inputs(2, 3, 2, 16, 24, gate, True, seed=4).items()
+    }
+    o_ref, s_ref = unfused_ref(**inputs, gate=gate, delta=True, output_final_state=True)
+    with torch.no_grad():
+        o, s = gated_delta_rule(
+            **inputs, gate=gate, delta=True, output_final_state=True, impl="triton", use_qk_l2norm=True
+        )
+    assert rel_rms(o, o_ref) < TOLERANCE[torch.float32]
+    assert rel_rms(s, s_ref) < TOLERANCE[torch.float32]
