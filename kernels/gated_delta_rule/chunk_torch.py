@@ -47,9 +47,14 @@ def chunk_gated_delta_rule_torch(
         return _chunk_dense(
             q, k, v, g, beta, gate, delta, scale, initial_state, output_final_state, chunk_size
         )
-    # Variable-length batch packed in one row: run the sequences one after another.
-    outputs, finals = [], []
     offsets = cu_seqlens.tolist()
+    lengths = [end - start for start, end in zip(offsets[:-1], offsets[1:], strict=True)]
+    if len(lengths) * max(lengths) <= 2 * offsets[-1]:
+        return _padded_varlen(
+            q, k, v, g, beta, gate, delta, scale, initial_state, output_final_state, chunk_size, cu_seqlens
+        )
+    # Lengths too uneven to pad into one batch: run the sequences one after another.
+    outputs, finals = [], []
     for n in range(len(offsets) - 1):
         piece = slice(offsets[n], offsets[n + 1])
         o, s = _chunk_dense(
@@ -69,6 +74,27 @@ def chunk_gated_delta_rule_torch(
         finals.append(s)
     final_state = torch.cat(finals) if output_final_state else None
     return torch.cat(outputs, dim=1), final_state
+
+
+def _padded_varlen(q, k, v, g, beta, gate, delta, scale, initial_state, output_final_state, C, cu_seqlens):
+    """The sequences of a packed row as one batch, each padded at its end to the longest: a pad token has
+    k = v = beta = 0 and gate 0 (no decay), so it leaves the state as it is, and the outputs and final states of
+    the real tokens are exact."""
+    starts, lengths = cu_seqlens[:-1].long(), (cu_seqlens[1:] - cu_seqlens[:-1]).long()
+    steps = torch.arange(int(lengths.max()), device=q.device)
+    valid = steps[None] < lengths[:, None]  # (N, Lmax)
+    index = (starts[:, None] + steps[None]).clamp(max=q.shape[1] - 1)
+
+    def pad(x):
+        if x is None:
+            return None
+        padded = x[0, index]  # (N, Lmax, ...)
+        return padded * valid.view(*valid.shape, *[1] * (padded.dim() - 2)).to(padded.dtype)
+
+    o, final_state = _chunk_dense(
+        pad(q), pad(k), pad(v), pad(g), pad(beta), gate, delta, scale, initial_state, output_final_state, C
+    )
+    return o[valid][None], final_state
 
 
 def _chunk_dense(q, k, v, g, beta, gate, delta, scale, initial_state, output_final_state, C):
