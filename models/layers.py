@@ -42,11 +42,12 @@ class ShortConvolution(nn.Module):
         T = x.shape[1]
         y = self.conv(x.transpose(1, 2))[..., :T].transpose(1, 2)
         if documents is not None:
-            # the plain convolution, less the taps that reach into an earlier document (a few tokens per boundary)
+            # the plain convolution, less the taps that reach into an earlier document: a few tokens per boundary,
+            # subtracted in place (the convolution's backward does not need its output) in one scatter
+            rows, columns, lags = documents.breaks_within(self.kernel_size - 1)
             weight = self.conv.weight[:, 0].flip(-1)  # (C, W): weight[:, j] multiplies x[t - j]
-            for lag in range(1, self.kernel_size):
-                rows, columns = documents.breaks(lag)
-                y = y.index_put((rows, columns), -x[rows, columns - lag] * weight[:, lag], accumulate=True)
+            correction = -x[rows, columns - lags] * weight[:, lags].T
+            y.index_put_((rows, columns), correction.to(y.dtype), accumulate=True)
         return F.silu(y) if self.activation else y
 
     def forward_with_state(self, x: Tensor, state: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -99,7 +100,7 @@ class PackedDocuments:
         self.segment_ids = segment_ids
         self.starts = torch.ones_like(segment_ids, dtype=torch.bool)
         self.starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-        self._breaks: dict[int, tuple[Tensor, Tensor]] = {}
+        self._breaks: dict[int, tuple[Tensor, ...]] = {}
         self._cu_seqlens = self._positions = self._mask = None
 
     @property
@@ -130,6 +131,17 @@ class PackedDocuments:
             same = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
             self._mask = (same & causal)[:, None]
         return self._mask
+
+    def breaks_within(self, max_lag: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(rows, columns, lags) of every (token, lag <= max_lag) pair whose window crosses a boundary (`breaks`)."""
+        key = -max_lag
+        if key not in self._breaks:
+            pieces = [self.breaks(lag) for lag in range(1, max_lag + 1)]
+            rows = torch.cat([r for r, _ in pieces])
+            columns = torch.cat([c for _, c in pieces])
+            lags = torch.cat([torch.full_like(r, lag) for lag, (r, _) in enumerate(pieces, 1)])
+            self._breaks[key] = (rows, columns, lags)
+        return self._breaks[key]
 
     def breaks(self, lag: int) -> tuple[Tensor, Tensor]:
         """(rows, columns) of the tokens t >= lag whose token t - lag lies in an earlier document: where a window

@@ -57,8 +57,27 @@ def test_short_convolution_keeps_documents_apart():
     conv = ShortConvolution(6, 4, bias=True)
     x = torch.randn(2, 20, 6)
     torch.testing.assert_close(conv(x, PackedDocuments(torch.zeros(2, 20, dtype=torch.long))), conv(x))
+    x.requires_grad_(True)
     packed = conv(x, PackedDocuments(SEGMENTS))
+    alone = torch.zeros_like(packed)
     for row in range(2):
         for seg in SEGMENTS[row].unique():
             where = (SEGMENTS[row] == seg).nonzero().flatten()
-            torch.testing.assert_close(packed[row, where], conv(x[row, where][None])[0])
+            alone[row, where] = conv(x[row, where][None])[0]
+    torch.testing.assert_close(packed, alone)
+    weights = torch.randn_like(packed)
+    grads = torch.autograd.grad((packed * weights).sum(), [x, conv.conv.weight])
+    expected = torch.autograd.grad((alone * weights).sum(), [x, conv.conv.weight])
+    for got, want in zip(grads, expected, strict=True):
+        torch.testing.assert_close(got, want)
+
+
+def test_packed_documents_under_bf16_autocast():
+    """As on a GPU: activations in bf16, weights in float32."""
+    torch.manual_seed(0)
+    model = LanguageModel(build_model_config("kimi", "tiny", vocab_size=32, kernel_impl="torch"))
+    ids = torch.randint(0, 32, SEGMENTS.shape)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        packed = model(ids, segment_ids=SEGMENTS)
+        packed.float().sum().backward()
+    torch.testing.assert_close(packed.float(), documents_alone(model, ids, SEGMENTS), rtol=0.05, atol=0.05)
