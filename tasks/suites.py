@@ -355,10 +355,10 @@ SUITES.add(
                         ),
                     ),
                 ),
-                # 200 steps x 16 x 128 = 0.4M tokens
+                # 200 steps x 8 x 128 = 0.2M tokens
                 train=dict(
                     max_steps=200,
-                    batch_size=16,
+                    batch_size=8,
                     warmup_steps=20,
                     schedule="wsd",
                     eval_every=50,
