@@ -75,7 +75,12 @@ def accuracy_vs_length(best: pd.DataFrame, path: Path, metric: str = "accuracy")
             line = line.sort_values("seq_len")
             ax.errorbar(line["seq_len"], line["mean"], yerr=line["ci95"], marker="o", capsize=3, label=model)
         ax.set_xscale("log", base=2)
-        ax.set(title=name, xlabel="sequence length", ylabel=f"{metric} (best lr)", ylim=(-0.02, 1.02))
+        bounded = metric in ("accuracy", "sequence_accuracy", "scaled_accuracy")
+        ax.set(title=name, xlabel="sequence length", ylabel=f"{metric} (best lr)")
+        if bounded:
+            ax.set_ylim(-0.02, 1.02)
+        elif metric == "perplexity":
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
         ax.legend(title="model", fontsize="small")
     return _save(fig, path)
@@ -161,6 +166,29 @@ def training_curves(curves: pd.DataFrame, path: Path) -> Path | None:
     return _save(fig, path)
 
 
+def loss_by_position(best: pd.DataFrame, path: Path) -> Path | None:
+    """Language modelling: mean loss against position in the document at the longest test length, one line per
+    model, the training length marked: past it a model that extrapolates keeps its loss falling."""
+    frame = best[best["metric"] == "loss_by_position"].copy()
+    if frame.empty:
+        return None
+    bounds = frame["slice"].str.extract(r"positions=(\d+)-(\d+)").astype(float)
+    frame["position"] = (bounds[0] + bounds[1] + 1) / 2
+    trained = best[best["metric"] == "perplexity"]["slice"].map(lambda s: slice_value(s, "seq_len")).min()
+    panels = _panels(frame)
+    fig, axes = _grid(len(panels), width=5.0)
+    for ax, (name, panel) in zip(axes, panels, strict=False):
+        for model, line in panel.groupby("model", sort=True):
+            line = line.sort_values("position")
+            ax.plot(line["position"], line["mean"], marker=".", label=model)
+        if pd.notna(trained):
+            ax.axvline(trained, color="grey", linestyle="--", linewidth=1, label="training length")
+        ax.set(title=name, xlabel="position in the document (token)", ylabel="mean loss (nats, best lr)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    return _save(fig, path)
+
+
 def draw_all(
     best: pd.DataFrame, curves: pd.DataFrame, directory: Path, prefix: str, metric: str
 ) -> list[Path]:
@@ -170,5 +198,7 @@ def draw_all(
         accuracy_vs_state(best, directory / f"{prefix}_{metric}_vs_state.png", metric),
         needle_heatmaps(best, directory / f"{prefix}_needle_heatmaps.png", metric),
         training_curves(curves, directory / f"{prefix}_training_curves.png"),
+        accuracy_vs_length(best, directory / f"{prefix}_perplexity_vs_length.png", "perplexity"),
+        loss_by_position(best, directory / f"{prefix}_loss_by_position.png"),
     ]
     return [p for p in drawn if p is not None]

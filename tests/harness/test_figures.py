@@ -57,3 +57,14 @@ def test_training_curves(tmp_path):
     )  # fmt: skip
     assert training_curves(curves, tmp_path / "c.png").read_bytes()[:8] == PNG
     assert training_curves(curves.iloc[0:0], tmp_path / "d.png") is None
+
+
+def test_loss_by_position_and_perplexity_figures_from_the_committed_lm_run(tmp_path):
+    from harness.figures import loss_by_position
+    from harness.results import ResultStore
+
+    best = best_lr(summarize(ResultStore("results/lm-small-h100/store").read()))
+    path = loss_by_position(best, tmp_path / "positions.png")
+    assert path is not None and path.stat().st_size > 10_000
+    assert accuracy_vs_length(best, tmp_path / "ppl.png", "perplexity").exists()
+    assert loss_by_position(best[best["metric"] != "loss_by_position"], tmp_path / "none.png") is None
