@@ -112,3 +112,26 @@ def test_impossible_settings_are_harness_errors(tmp_path):
         task.validate(config(tmp_path, tokenizer="bpe:12"))
     with pytest.raises(HarnessError, match="valid_fraction"):
         task.validate(config(tmp_path, valid_fraction=0.0))
+
+
+def test_a_datasets_source_streams_records(tmp_path):
+    """hf:NAME:SPLIT through `datasets` (here a local folder of JSONL files: nothing is downloaded)."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("".join(json.dumps({"body": f"doc {i}"}) + "\n" for i in range(5)))
+    docs = list(documents(f"hf:{folder}:train", text_field="body"))
+    assert [text for _, text in docs] == [f"doc {i}" for i in range(5)]
+    with pytest.raises(CorpusError, match="cannot open"):
+        list(documents(f"hf:{tmp_path / 'missing'}:train"))
+
+
+def test_a_hugging_face_tokenizer_by_path(tmp_path):
+    """A tokenizer given by name or path (here one saved to disk: offline) instead of a BPE trained on the corpus."""
+    folder = write_corpus(tmp_path / "c")
+    trained = load_corpus(config(folder))
+    trained.tokenizer.save_pretrained(tmp_path / "tok")
+    corpus = load_corpus(config(folder, tokenizer=str(tmp_path / "tok")))
+    assert corpus.vocab_size == trained.vocab_size
+    assert np.array_equal(np.asarray(corpus.train.tokens), np.asarray(trained.train.tokens))
+    with pytest.raises(HarnessError, match="cannot load tokenizer"):
+        LanguageModelling().vocab_size(config(folder, tokenizer=str(tmp_path / "no-such-tokenizer")))
