@@ -21,6 +21,13 @@ from harness.config import ADDED_LATER
 from tasks.base import IGNORE, Slice
 
 SCHEDULES = ("cosine", "wsd")
+# History fields that measure the machine, not the training: they differ between two runs of the same cell.
+MACHINE_FIELDS = ("tokens_per_s", "peak_memory_gib")
+
+
+def training_curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A history without its MACHINE_FIELDS: what a resumed run must reproduce exactly."""
+    return [{k: v for k, v in point.items() if k not in MACHINE_FIELDS} for point in history]
 
 
 @dataclass(frozen=True, kw_only=True)

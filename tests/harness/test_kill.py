@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.train import training_curve
 from tests.harness.sweeps import FAST, comparable
 
 # 6 MLA cells of 12 steps (about 1.5 s each, the first 5 s more: torch imports its compiler with AdamW);
@@ -56,7 +57,7 @@ def store_contents(out: Path) -> dict:
     for path in sorted((out / "cells").glob("*.jsonl")):
         rows = [json.loads(line) for line in path.read_text().splitlines()]
         meta = json.loads(path.with_suffix(".json").read_text())
-        cells[path.stem] = (comparable(rows), meta["history"], len(rows))
+        cells[path.stem] = (comparable(rows), training_curve(meta["history"]), len(rows))
     return cells
 
 
