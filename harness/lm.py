@@ -22,8 +22,6 @@ import torch
 
 from harness.train import loss_by_position
 
-CORPUS_TASK = "harness_corpus"
-
 
 def language_model_rows(
     model, task, cell, test_slices, metrics: dict, outcome, device: torch.device, options
@@ -119,7 +117,7 @@ def lm_eval_rows(model, task, cell, test_slices, outcome, metrics, device, optio
 
 
 def corpus_documents(task, config, count: int, max_tokens: int) -> list[str]:
-    """The text of `count` held-out documents (their first `max_tokens` tokens): the 'harness_corpus' lm-eval task.
+    """The text of `count` held-out documents (their first `max_tokens` tokens): the 'harness_lm' lm-eval task.
     The same long documents the perplexity slices read."""
     corpus = task.corpus(config)
     texts = []

@@ -116,15 +116,19 @@ def export_suite(suite_name: str, scale: str | None, out: str | Path, seed: int 
         while group_name(task_name, index) in exported:
             index += 1
         group = group_name(task_name, index)
-        test = drop_seen(
-            task_data(task_name, config, "test", seed), task_data(task_name, config, "train", seed)
-        )
-        export_task(task_name, config, test, out, group)
+        task = TASKS.get(task_name)()
+        if hasattr(task, "tokenizer"):  # a text corpus: its held-out documents, scored as perplexity
+            export_corpus_task(task, config, out, group)
+        else:
+            test = drop_seen(
+                task_data(task_name, config, "test", seed), task_data(task_name, config, "train", seed)
+            )
+            export_task(task_name, config, test, out, group)
         exported[group] = config
     return exported
 
 
-def export_corpus_task(task, config: Any, out: str | Path, name: str = "harness_corpus") -> list[str]:
+def export_corpus_task(task, config: Any, out: str | Path, name: str = "harness_lm") -> list[str]:
     """Held-out documents of a corpus task (tasks/lm.py) as one lm-eval perplexity task: output_type
     `loglikelihood_rolling` over each document's text, scored as word and byte perplexity and bits per byte
     (comparable across tokenizers)."""

@@ -53,10 +53,10 @@ class LMConfig:
     position_bins: int = 16
     """Per-position loss at the longest test length is reported in this many equal bins."""
     lm_eval_tasks: tuple[str, ...] = field(default=())
-    """lm-eval tasks scored on the final checkpoint through the lm-eval bridge ('harness_corpus' = bits per byte on
+    """lm-eval tasks scored on the final checkpoint through the lm-eval bridge ('harness_lm' = bits per byte on
     held-out documents of this corpus; standard names need their data in the local datasets cache)."""
     lm_eval_documents: int = 32
-    """Held-out documents in the 'harness_corpus' lm-eval task."""
+    """Held-out documents in the 'harness_lm' lm-eval task."""
 
 
 class PackedStream:

@@ -350,7 +350,7 @@ SUITES.add(
                             max_valid_tokens=300_000,
                             valid_sequences=32,
                             eval_documents=16,
-                            lm_eval_tasks=("harness_corpus",),
+                            lm_eval_tasks=("harness_lm",),
                             lm_eval_documents=8,
                         ),
                     ),

@@ -98,12 +98,18 @@ def test_checkpoint_tokenizer_reads_the_exported_documents(trained):
 
 def test_every_registered_task_exports(tmp_path):
     exported = {}
-    for suite in ("smoke", "recall", "localization", "reasoning"):
+    for suite in ("smoke", "recall", "localization", "reasoning", "lm"):
         for group, config in export_suite(suite, "tiny", tmp_path / suite).items():
             exported[group] = (suite, config)
     tasks = {name.replace("-", "_") for name in TASKS.names()}
     assert {f"harness_{name}" for name in tasks} <= set(exported)
     for group, (suite, config) in exported.items():
+        if suite == "lm":  # held-out documents of the corpus, scored as perplexity
+            spec = json.loads((tmp_path / suite / f"{group}.yaml").read_text())
+            assert spec["output_type"] == "loglikelihood_rolling"
+            texts = Path(spec["dataset_kwargs"]["data_files"]["test"]).read_text().splitlines()
+            assert len(texts) == config.lm_eval_documents and all(json.loads(t)["text"] for t in texts)
+            continue
         task_name = json.loads((tmp_path / suite / f"{group}.yaml").read_text())["task"][0]
         task_yaml = json.loads((tmp_path / suite / f"{task_name}.yaml").read_text())
         words = TASKS.get(task_yaml["metadata"]["harness_task"])().vocabulary(config)

@@ -53,6 +53,6 @@ def test_rows_hold_position_losses_throughput_and_lm_eval_scores(tiny_lm_store):
             mine.loc[mine["metric"] == "loss_by_position", "slice"].str.startswith("seq_len=512,positions=")
         ).sum() == 16
         assert mine.loc[mine["metric"] == "tokens_per_s", "value"].item() > 0
-        bpb = mine[(mine["task"] == "harness_corpus") & (mine["metric"] == "bits_per_byte")]
+        bpb = mine[(mine["task"] == "harness_lm") & (mine["metric"] == "bits_per_byte")]
         assert len(bpb) == 1 and 0 < bpb["value"].item() < 8
         assert mine["kernel_impl"].dropna().iloc[0] in ("gdr:torch", "sdpa", "gdr:torch+sdpa")
