@@ -8,5 +8,6 @@ bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ruff check .
 ruff format --check .
-python -m pytest -q "$@"
+# two test processes of one thread each: most tests train tiny models, which a second torch thread only slows
+OMP_NUM_THREADS=1 python -m pytest -q -n 2 "$@"
 harness regress --baseline results/smoke-cpu --workers 2 --out "$(mktemp -d)/regress"

@@ -125,7 +125,9 @@ class LanguageModelling(Task):
             raise HarnessError(f"lm: {err}") from None
 
     def vocab_size(self, config: LMConfig) -> int:
-        return self.corpus(config).vocab_size
+        # a BPE's size is its spec (planning a sweep then reads no corpus); a trained one never exceeds it
+        bpe = bpe_vocab_size(config.tokenizer)
+        return bpe if bpe is not None else self.corpus(config).vocab_size
 
     def tokenizer(self, config: LMConfig):
         """The Hugging Face tokenizer of this corpus (saved with checkpoints)."""
