@@ -29,7 +29,6 @@ from harness.train import (
 )
 from models.backbone import LanguageModel, ModelConfig
 from tasks.base import Slice
-from tasks.lm import LanguageModelling
 
 # Metrics reported per slice; scaled_accuracy, (accuracy - chance) / (1 - chance), only for tasks with a chance level.
 HIGHER_IS_BETTER = {
@@ -92,7 +91,7 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
     task = TASKS.get(cell.task_name)()
     try:
         valid_slices = task_data(cell.task_name, cell.task, "valid", cell.seed)
-        if hasattr(task, "training_stream"):  # a corpus: batches are cut from a token stream
+        if task.text_corpus:  # batches are cut from a token stream
             train_data = task.training_stream(cell.task, cell.seed)
             test_slices = task_data(cell.task_name, cell.task, "test", cell.seed)
         else:
@@ -115,7 +114,7 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
         )
         metrics = evaluate(model, test_slices, cell.train, device)
         extra_rows = []
-        if isinstance(task, LanguageModelling):
+        if task.text_corpus:
             from harness.lm import language_model_rows
 
             extra_rows = language_model_rows(

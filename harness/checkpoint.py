@@ -51,7 +51,7 @@ def save_checkpoint(
 
     path = Path(path)
     task = TASKS.get(cell.task_name)()
-    if hasattr(task, "tokenizer"):
+    if task.text_corpus:
         # a text corpus: its own tokenizer (end-of-text and pad are in the trained vocabulary already)
         tokenizer, added = task.tokenizer(cell.task), 0
         tasks = export_corpus_task(task, cell.task, path / "lm_eval_tasks")

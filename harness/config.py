@@ -105,14 +105,21 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
 
 
-def to_dict(config: Any) -> Any:
-    """A JSON-ready view of a (nested) config dataclass."""
-    if dataclasses.is_dataclass(config):
-        return {f.name: to_dict(getattr(config, f.name)) for f in dataclasses.fields(config)}
+def to_dict(config: Any, for_hash: bool = False) -> Any:
+    """A JSON-ready view of a (nested) config dataclass. `for_hash`: less the fields marked ADDED_LATER that hold
+    their default."""
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        view = {}
+        for f in dataclasses.fields(config):
+            value = getattr(config, f.name)
+            if for_hash and f.metadata.get("hash_when_default", True) is False and value == _default(f):
+                continue
+            view[f.name] = to_dict(value, for_hash)
+        return view
     if isinstance(config, dict):
-        return {str(k): to_dict(v) for k, v in config.items()}
+        return {str(k): to_dict(v, for_hash) for k, v in config.items()}
     if isinstance(config, tuple | list):
-        return [to_dict(v) for v in config]
+        return [to_dict(v, for_hash) for v in config]
     return config
 
 
@@ -123,25 +130,8 @@ ADDED_LATER = {"hash_when_default": False}
 
 def config_hash(config: Any) -> str:
     """Content hash of a config: equal configs, equal hashes, whatever the construction order."""
-    text = json.dumps(_hash_view(config), sort_keys=True, default=str)
+    text = json.dumps(to_dict(config, for_hash=True), sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _hash_view(config: Any) -> Any:
-    """to_dict, less the fields marked ADDED_LATER that hold their default."""
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        view = {}
-        for f in dataclasses.fields(config):
-            value = getattr(config, f.name)
-            if f.metadata.get("hash_when_default", True) is False and value == _default(f):
-                continue
-            view[f.name] = _hash_view(value)
-        return view
-    if isinstance(config, dict):
-        return {str(k): _hash_view(v) for k, v in config.items()}
-    if isinstance(config, tuple | list):
-        return [_hash_view(v) for v in config]
-    return config
 
 
 def _default(f: dataclasses.Field) -> Any:

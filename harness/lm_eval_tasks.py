@@ -73,21 +73,30 @@ def export_task(
     return [group, *names]
 
 
-def _task_yaml(name: str, data: Path, metadata: dict[str, str]) -> str:
-    # JSON is valid YAML: no YAML library needed, and no quoting surprises in paths or slice names.
+def _local_task_yaml(name: str, data: Path, **fields: Any) -> str:
+    """An lm-eval task over the JSONL file `data` (its test split); `fields` add the prompt, output type and
+    metrics. JSON is valid YAML: no YAML library needed, and no quoting surprises in paths or slice names."""
     config = {
         "task": name,
         "dataset_path": "json",
         "dataset_kwargs": {"data_files": {"test": str(data)}},
         "test_split": "test",
-        "output_type": "loglikelihood",
-        "doc_to_text": "{{context}}",
-        # loglikelihood requests take no target_delimiter: the space that separates words is in the target
-        "doc_to_target": " {{target}}",
-        "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
-        "metadata": metadata,
+        **fields,
     }
     return json.dumps(config, indent=1) + "\n"
+
+
+def _task_yaml(name: str, data: Path, metadata: dict[str, str]) -> str:
+    return _local_task_yaml(
+        name,
+        data,
+        output_type="loglikelihood",
+        doc_to_text="{{context}}",
+        # loglikelihood requests take no target_delimiter: the space that separates words is in the target
+        doc_to_target=" {{target}}",
+        metric_list=[{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        metadata=metadata,
+    )
 
 
 def _group_yaml(group: str, names: list[str], version: str) -> str:
@@ -117,7 +126,7 @@ def export_suite(suite_name: str, scale: str | None, out: str | Path, seed: int 
             index += 1
         group = group_name(task_name, index)
         task = TASKS.get(task_name)()
-        if hasattr(task, "tokenizer"):  # a text corpus: its held-out documents, scored as perplexity
+        if task.text_corpus:  # its held-out documents, scored as perplexity
             export_corpus_task(task, config, out, group)
         else:
             test = drop_seen(
@@ -139,20 +148,18 @@ def export_corpus_task(task, config: Any, out: str | Path, name: str = "harness_
     texts = corpus_documents(task, config, config.lm_eval_documents, max_tokens=4 * config.seq_len)
     data = out / f"{name}.jsonl"
     data.write_text("".join(json.dumps(dict(text=text)) + "\n" for text in texts))
-    spec = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
-        "test_split": "test",
-        "output_type": "loglikelihood_rolling",
-        "doc_to_text": "",
-        "doc_to_target": "{{text}}",
-        "metric_list": [
+    spec = _local_task_yaml(
+        name,
+        data,
+        output_type="loglikelihood_rolling",
+        doc_to_text="",
+        doc_to_target="{{text}}",
+        metric_list=[
             {"metric": "word_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
             {"metric": "byte_perplexity", "aggregation": "weighted_perplexity", "higher_is_better": False},
             {"metric": "bits_per_byte", "aggregation": "bits_per_byte", "higher_is_better": False},
         ],
-        "metadata": dict(version=task.version, harness_task="lm", corpus=config.corpus),
-    }
-    (out / f"{name}.yaml").write_text(json.dumps(spec, indent=1) + "\n")
+        metadata=dict(version=task.version, harness_task="lm", corpus=config.corpus),
+    )
+    (out / f"{name}.yaml").write_text(spec)
     return [name]

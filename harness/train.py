@@ -287,7 +287,6 @@ def evaluate(
 ) -> dict[str, dict]:
     """Per slice: token accuracy over labelled positions, whole-sequence accuracy and mean loss, with counts."""
     model.eval()
-    amp = autocast_dtype(config, device)
     results = {}
     for piece in slices:
         if len(piece) == 0:
@@ -298,10 +297,7 @@ def evaluate(
             )
             continue
         correct = total = sequences_right = loss_sum = 0.0
-        for i in range(0, len(piece), config.eval_batch_size):
-            inputs, labels, segments = slice_batch(piece, i, i + config.eval_batch_size, device)
-            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-                logits = model(inputs) if segments is None else model(inputs, segment_ids=segments)
+        for labels, logits in scored_batches(model, piece, config, device):
             scored = labels != IGNORE
             hits = (logits.argmax(-1) == labels) & scored
             correct += hits.sum().item()
@@ -328,17 +324,23 @@ def slice_batch(piece: Slice, start: int, end: int, device: torch.device) -> Bat
     return inputs, labels, segments
 
 
-@torch.no_grad()
-def loss_by_position(model: nn.Module, piece: Slice, config: TrainConfig, device: torch.device) -> np.ndarray:
-    """Mean loss at every position of a slice's examples (NaN where no example is scored): (T,) float64."""
-    model.eval()
+def scored_batches(model: nn.Module, piece: Slice, config: TrainConfig, device: torch.device):
+    """(labels, logits) of a slice in batches of eval_batch_size, under the training's autocast."""
     amp = autocast_dtype(config, device)
-    total = np.zeros(piece.inputs.shape[1])
-    count = np.zeros(piece.inputs.shape[1])
     for i in range(0, len(piece), config.eval_batch_size):
         inputs, labels, segments = slice_batch(piece, i, i + config.eval_batch_size, device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             logits = model(inputs) if segments is None else model(inputs, segment_ids=segments)
+        yield labels, logits
+
+
+@torch.no_grad()
+def loss_by_position(model: nn.Module, piece: Slice, config: TrainConfig, device: torch.device) -> np.ndarray:
+    """Mean loss at every position of a slice's examples (NaN where no example is scored): (T,) float64."""
+    model.eval()
+    total = np.zeros(piece.inputs.shape[1])
+    count = np.zeros(piece.inputs.shape[1])
+    for labels, logits in scored_batches(model, piece, config, device):
         losses = F.cross_entropy(
             logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
         )  # (B, T), 0 where ignored

@@ -1,7 +1,9 @@
-"""Building blocks shared by several mixers and the backbone: RMSNorm, the causal short convolution and the
-initialisation of the Mamba-style forget gate."""
+"""Building blocks shared by several mixers and the backbone: RMSNorm, the causal short convolution, the
+initialisation of the Mamba-style forget gate, and the views of packed documents (PackedDocuments)."""
 
 from __future__ import annotations
+
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -100,55 +102,46 @@ class PackedDocuments:
         self.segment_ids = segment_ids
         self.starts = torch.ones_like(segment_ids, dtype=torch.bool)
         self.starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-        self._breaks: dict[int, tuple[Tensor, ...]] = {}
-        self._cu_seqlens = self._positions = self._mask = None
+        self._windows: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
 
-    @property
+    @cached_property
     def cu_seqlens(self) -> Tensor:
         """Offsets (N + 1,) int32 of the N documents in the batch flattened to one row of B * T tokens: the
         variable-length input of the gated-delta-rule kernels."""
-        if self._cu_seqlens is None:
-            offsets = self.starts.flatten().nonzero().flatten()
-            end = offsets.new_tensor([self.starts.numel()])
-            self._cu_seqlens = torch.cat([offsets, end]).to(torch.int32)
-        return self._cu_seqlens
+        offsets = self.starts.flatten().nonzero().flatten()
+        end = offsets.new_tensor([self.starts.numel()])
+        return torch.cat([offsets, end]).to(torch.int32)
 
-    @property
+    @cached_property
     def positions(self) -> Tensor:
         """(B, T) position of every token within its document (0 at each document's first token)."""
-        if self._positions is None:
-            index = torch.arange(self.starts.shape[1], device=self.starts.device).expand_as(self.segment_ids)
-            start_index = torch.where(self.starts, index, torch.zeros_like(index)).cummax(dim=1).values
-            self._positions = index - start_index
-        return self._positions
+        index = torch.arange(self.starts.shape[1], device=self.starts.device).expand_as(self.segment_ids)
+        start_index = torch.where(self.starts, index, torch.zeros_like(index)).cummax(dim=1).values
+        return index - start_index
 
-    @property
+    @cached_property
     def attention_mask(self) -> Tensor:
         """(B, 1, T, T) bool: query t may attend key s <= t of its own document (SDPA's attn_mask)."""
-        if self._mask is None:
-            T = self.segment_ids.shape[1]
-            causal = torch.ones(T, T, dtype=torch.bool, device=self.segment_ids.device).tril()
-            same = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
-            self._mask = (same & causal)[:, None]
-        return self._mask
+        T = self.segment_ids.shape[1]
+        causal = torch.ones(T, T, dtype=torch.bool, device=self.segment_ids.device).tril()
+        same = self.segment_ids[:, :, None] == self.segment_ids[:, None, :]
+        return (same & causal)[:, None]
 
     def breaks_within(self, max_lag: int) -> tuple[Tensor, Tensor, Tensor]:
-        """(rows, columns, lags) of every (token, lag <= max_lag) pair whose window crosses a boundary (`breaks`)."""
-        key = -max_lag
-        if key not in self._breaks:
+        """(rows, columns, lags) of every (token, lag <= max_lag) pair whose window crosses a boundary (`breaks`);
+        computed once per batch and shared by every layer's convolutions."""
+        if max_lag not in self._windows:
             pieces = [self.breaks(lag) for lag in range(1, max_lag + 1)]
             rows = torch.cat([r for r, _ in pieces])
             columns = torch.cat([c for _, c in pieces])
             lags = torch.cat([torch.full_like(r, lag) for lag, (r, _) in enumerate(pieces, 1)])
-            self._breaks[key] = (rows, columns, lags)
-        return self._breaks[key]
+            self._windows[max_lag] = (rows, columns, lags)
+        return self._windows[max_lag]
 
     def breaks(self, lag: int) -> tuple[Tensor, Tensor]:
         """(rows, columns) of the tokens t >= lag whose token t - lag lies in an earlier document: where a window
         of `lag` tokens back crosses a boundary. Few (at most lag per boundary), so fixed up sparsely."""
-        if lag not in self._breaks:
-            ids = self.segment_ids
-            crossed = ids[:, lag:] != ids[:, :-lag]  # (B, T - lag): token t = column + lag
-            rows, columns = crossed.nonzero(as_tuple=True)
-            self._breaks[lag] = (rows, columns + lag)
-        return self._breaks[lag]
+        ids = self.segment_ids
+        crossed = ids[:, lag:] != ids[:, :-lag]  # (B, T - lag): token t = column + lag
+        rows, columns = crossed.nonzero(as_tuple=True)
+        return rows, columns + lag

@@ -47,6 +47,10 @@ class Task:
     """Bumped whenever the generated data or the metric changes; recorded with every result."""
     cache_slices: ClassVar[bool] = True
     """Cache generated slices on disk (harness/data.py); False for tasks that keep their own cache."""
+    text_corpus: ClassVar[bool] = False
+    """A language-modelling task over a text corpus (tasks/lm.py): it provides `training_stream(config, seed)`
+    (training batches too large for slices), `tokenizer(config)` (saved with checkpoints) and `unigram_loss`, and
+    is reported with perplexity and exported to lm-eval as held-out documents."""
 
     def validate(self, config: Any) -> None:
         """Raise harness.registry.HarnessError if the settings are impossible."""

@@ -27,7 +27,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +75,12 @@ class Corpus:
     @property
     def vocab_size(self) -> int:
         return len(self.tokenizer)
+
+    @cached_property
+    def unigram_log_probs(self) -> np.ndarray:
+        """log p(token) over the training split, add-one smoothed: (vocab,)."""
+        counts = np.bincount(np.asarray(self.train.tokens), minlength=self.vocab_size) + 1.0
+        return np.log(counts / counts.sum())
 
     @property
     def eot_id(self) -> int:
@@ -255,20 +261,17 @@ def corpus_key(config: Any) -> str:
 
 
 @lru_cache(maxsize=4)
-def _load_corpus(config: Any, key: str) -> Corpus:
+def load_corpus(config: Any) -> Corpus:
+    """The tokenised corpus of an LM config: from the cache ($HARNESS_CACHE) when there, else built and stored.
+    Once per process and config: the cache key stats every file of the source, which is slow for large trees."""
     root = cache_root()
-    folder = None if root is None else root / f"corpus-{key}"
+    folder = None if root is None else root / f"corpus-{corpus_key(config)}"
     if folder is not None and (folder / "info.json").exists():
         return _read(folder)
     corpus = build_corpus(config)
     if folder is not None:
         _write(corpus, folder)
     return corpus
-
-
-def load_corpus(config: Any) -> Corpus:
-    """The tokenised corpus of an LM config: from the cache ($HARNESS_CACHE) when there, else built and stored."""
-    return _load_corpus(config, corpus_key(config))
 
 
 def build_corpus(config: Any) -> Corpus:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 import numpy as np
 
@@ -99,7 +98,7 @@ class LanguageModelling(Task):
     Config = LMConfig
     version = "1"
     cache_slices = False  # the tokenised corpus is cached (tasks/corpus.py); slices are cut from it quickly
-    reports_throughput: ClassVar[bool] = True
+    text_corpus = True
 
     def validate(self, config: LMConfig) -> None:
         if config.seq_len < 8:
@@ -114,8 +113,7 @@ class LanguageModelling(Task):
             bpe_vocab_size(config.tokenizer)
         except CorpusError as err:
             raise HarnessError(f"lm: {err}") from None
-        unknown = [t for t in config.lm_eval_tasks if not t.strip()]
-        if unknown:
+        if any(not name.strip() for name in config.lm_eval_tasks):
             raise HarnessError("lm: lm_eval_tasks holds an empty name")
 
     def corpus(self, config: LMConfig) -> Corpus:
@@ -187,11 +185,8 @@ class LanguageModelling(Task):
     def unigram_loss(self, config: LMConfig, piece: Slice) -> float:
         """Cross-entropy (nats) of the slice's targets under the training split's unigram distribution (add-one
         smoothed): the loss of a model that ignores context."""
-        corpus = self.corpus(config)
-        counts = np.bincount(np.asarray(corpus.train.tokens), minlength=corpus.vocab_size) + 1.0
-        log_p = np.log(counts / counts.sum())
         targets = piece.labels[piece.labels != IGNORE]
-        return float(-log_p[targets].mean())
+        return float(-self.corpus(config).unigram_log_probs[targets].mean())
 
     def vocabulary(self, config: LMConfig) -> list[str]:
         tokenizer = self.tokenizer(config)
