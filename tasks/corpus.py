@@ -91,8 +91,9 @@ class Corpus:
 # documents
 
 
-def source_files(source: str) -> list[Path]:
-    """The files of a local source, sorted (so the corpus is the same on every run)."""
+@lru_cache(maxsize=8)
+def source_files(source: str) -> tuple[Path, ...]:
+    """The files of a local source, sorted (so the corpus is the same on every run); listed once per process."""
     if source in ("python-stdlib", "python-packages"):
         roots = [Path(sysconfig.get_paths()["stdlib"])]
         if source == "python-packages":
@@ -100,7 +101,7 @@ def source_files(source: str) -> list[Path]:
         files = {p for root in roots for p in root.rglob("*.py")}
         if source == "python-stdlib":
             files = {p for p in files if "site-packages" not in p.parts}
-        return sorted(files)
+        return tuple(sorted(files))
     path = Path(source).expanduser()
     if path.is_dir():
         files = [p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES + RECORD_SUFFIXES and p.is_file()]
@@ -116,7 +117,7 @@ def source_files(source: str) -> list[Path]:
     unknown = sorted({p.suffix for p in files} - set(TEXT_SUFFIXES + RECORD_SUFFIXES))
     if unknown:
         raise CorpusError(f"corpus '{source}': cannot read files ending {', '.join(unknown)}")
-    return sorted(files)
+    return tuple(sorted(files))
 
 
 def documents(source: str, text_field: str = "text") -> Iterator[tuple[str, str]]:

@@ -24,7 +24,7 @@ import numpy as np
 from harness.registry import TASKS, HarnessError
 
 from .base import IGNORE, Slice, Task
-from .corpus import Corpus, CorpusError, Tokenized, bpe_vocab_size, load_corpus
+from .corpus import Corpus, CorpusError, Tokenized, bpe_vocab_size, load_corpus, source_files
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -111,6 +111,10 @@ class LanguageModelling(Task):
             raise HarnessError(f"lm: valid_fraction must be in (0, 1), got {config.valid_fraction}")
         try:
             bpe_vocab_size(config.tokenizer)
+            if not config.corpus.startswith("hf:"):
+                source_files(
+                    config.corpus
+                )  # a local source that names no readable files fails before training
         except CorpusError as err:
             raise HarnessError(f"lm: {err}") from None
         if any(not name.strip() for name in config.lm_eval_tasks):

@@ -112,6 +112,8 @@ def test_impossible_settings_are_harness_errors(tmp_path):
         task.validate(config(tmp_path, tokenizer="bpe:12"))
     with pytest.raises(HarnessError, match="valid_fraction"):
         task.validate(config(tmp_path, valid_fraction=0.0))
+    with pytest.raises(HarnessError, match="names no files"):  # before any cell runs
+        task.validate(config(tmp_path / "missing"))
 
 
 def test_a_datasets_source_streams_records(tmp_path):
