@@ -1,11 +1,7 @@
 """harness: an architecture-comparison evaluation harness for efficient sequence models.
 
-Importing it registers the harness's model type (`harness_lm`) with transformers' AutoConfig and
-AutoModelForCausalLM (see harness/hf.py).
+Importing the package imports nothing heavy: `harness.registry` is what models and tasks register with. The
+transformers model type (`harness_lm`) is registered by importing `harness.integrations.hf_model`.
 """
 
 __version__ = "0.1.0"
-
-from harness.hf import register as _register_with_transformers  # noqa: E402
-
-_register_with_transformers()

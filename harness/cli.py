@@ -12,6 +12,9 @@
 
 Errors in what the user typed (unknown names, malformed --set, impossible settings) print one line and exit 2;
 nothing is written to the results store in that case.
+
+The commands import what they need when they run (torch, transformers, lm-eval take seconds to import), so that
+`harness --help` and `harness status` answer at once: the function-local imports below are that, and nothing else.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Annotated
 
 import typer
 
-from harness.registry import HarnessError
+from harness.errors import HarnessError
 
 app = typer.Typer(
     add_completion=False,
@@ -34,11 +37,26 @@ app = typer.Typer(
 OutOption = Annotated[Path, typer.Option("--out", help="Results store directory.")]
 
 
+_plugins: list[str] = []
+
+
+@app.callback()
+def _options(
+    plugin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--plugin", help="Import this module first (it registers mixers, tasks or suites); repeatable."
+        ),
+    ] = None,
+) -> None:
+    _plugins[:] = plugin or []
+
+
 def _load_plugins() -> None:
-    # Importing the packages registers their mixers, presets, tasks and suites.
-    import models  # noqa: F401
-    import models.presets  # noqa: F401
-    import tasks  # noqa: F401
+    # the built-in packages, entry points and --plugin modules; imports torch, so only commands that need it
+    from harness.plugins import load_plugins
+
+    load_plugins(_plugins)
 
 
 def _split(text: str) -> list[str]:
@@ -104,12 +122,12 @@ def run(
 ) -> None:
     """Train and evaluate every model on every cell of a suite; print the results table."""
     _load_plugins()
-    from harness.grid import Grid, load_grid
-    from harness.launchers import LaunchOptions, make_launcher
-    from harness.report import write_report
-    from harness.results import ResultStore
-    from harness.sizing import SizeMatch, parse_count
-    from harness.sweep import Every, plan_cells, run_cells
+    from harness.analysis.report import write_report
+    from harness.results.store import ResultStore
+    from harness.run.grid import Grid, load_grid
+    from harness.run.launchers import LaunchOptions, make_launcher
+    from harness.run.sizing import SizeMatch, parse_count
+    from harness.run.sweep import Every, plan_cells, run_cells
 
     spec = (load_grid(grid) if grid else Grid()).merged(
         models=tuple(_split(models)) if models else None,
@@ -152,7 +170,7 @@ def run(
         )
 
     if tensorboard:
-        from harness.train import require_tensorboard
+        from harness.run.train import require_tensorboard
 
         require_tensorboard()  # fail now with one line, not inside every cell
     ran, skipped = run_cells(
@@ -182,7 +200,7 @@ def _numbers(text: str | None, kind: type, option: str, what: str) -> tuple | No
 
 
 def _echo_sizes(cells, match) -> None:
-    from harness.report import human
+    from harness.analysis.labels import human
 
     seen = {}
     for cell in cells:
@@ -204,7 +222,7 @@ def size(
 ) -> None:
     """Match every model to a parameter target; print widths, parameter counts and state sizes."""
     _load_plugins()
-    from harness.sizing import SizeMatch, match_size, parse_count, size_table
+    from harness.run.sizing import SizeMatch, match_size, parse_count, size_table
 
     target = SizeMatch(params=parse_count(params), tolerance=tolerance, count=count)
     sized = [match_size(token, size_, vocab, target) for token in _split(models)]
@@ -217,7 +235,7 @@ def status(
     suite: Annotated[str | None, typer.Option(help="Only sweeps of this suite.")] = None,
 ) -> None:
     """Progress of the sweeps recorded in a store: done, running, failed, remaining and an ETA."""
-    from harness.status import status_table
+    from harness.run.status import status_table
 
     if not (out / "cells").is_dir():
         raise HarnessError(f"no results store at {out}/ (run `harness run` first, or pass --out)")
@@ -245,8 +263,8 @@ def report(
 ) -> None:
     """Pivot tables (model x slice at the best lr, mean ± 95% interval over seeds) and figures of a results store,
     written under OUT/report/."""
-    from harness.report import write_report
-    from harness.results import ResultStore
+    from harness.analysis.report import write_report
+    from harness.results.store import ResultStore
 
     if not (out / "cells").is_dir():
         raise HarnessError(f"no results store at {out}/ (run `harness run` first, or pass --out)")
@@ -284,8 +302,8 @@ def regress(
     _load_plugins()
     import time
 
-    from harness.regress import Tolerance
-    from harness.regress import regress as run_regress
+    from harness.analysis.regress import Tolerance
+    from harness.analysis.regress import regress as run_regress
 
     out = out or Path("runs") / "regress" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     passed, text, table = run_regress(
@@ -320,8 +338,8 @@ def eval_(
     device: Annotated[str, typer.Option(help="cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
     """Score a checkpoint with lm-eval (in process, offline) and append the rows to the results store."""
-    from harness.lm_eval_bridge import evaluate_checkpoint
-    from harness.results import ResultStore
+    from harness.integrations.lm_eval_scoring import evaluate_checkpoint
+    from harness.results.store import ResultStore
 
     _load_plugins()
     store = ResultStore(out)
@@ -347,7 +365,7 @@ def export_tasks(
 ) -> None:
     """Write a suite's synthetic tasks as lm-eval tasks over local files (use with --include_path)."""
     _load_plugins()
-    from harness.lm_eval_tasks import export_suite
+    from harness.run.export import export_suite
 
     for group, config in export_suite(suite, scale, out, seed).items():
         typer.echo(f"{group:<28} {config}")
@@ -383,7 +401,7 @@ def list_() -> None:
     typer.echo("suites:")
     for name, suite in SUITES.items():
         typer.echo(f"  {name:<18} scales: {', '.join(suite.scales)} — {suite.description}")
-    import harness.launchers  # noqa: F401 - registers the launchers
+    import harness.run.launchers  # noqa: F401 - registers the launchers
     from harness.registry import LAUNCHERS
 
     typer.echo("launchers (--launcher):")
@@ -416,7 +434,7 @@ def bench_kernels(
 
     if not torch.cuda.is_available():
         raise HarnessError("`harness bench kernels` needs a CUDA device; none is visible")
-    from harness.bench import bench_kernels as run
+    from kernels.bench import bench_kernels as run
 
     rows = run(
         out,

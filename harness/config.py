@@ -15,7 +15,7 @@ import types
 import typing
 from typing import Any
 
-from harness.registry import HarnessError
+from harness.errors import HarnessError
 
 
 def parse_assignment(text: str) -> tuple[tuple[str, ...], str]:

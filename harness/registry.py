@@ -1,7 +1,7 @@
 """Name → object registries for mixers, model presets, tasks, suites and launchers.
 
-This is a leaf module: it imports nothing of the project, so that `models/` and `tasks/` can register
-themselves here without importing each other (DESIGN.md: imports point one way).
+This is a leaf module: it imports nothing of the project but its errors (nothing heavy), so that `models/` and `tasks/` can register
+themselves here without importing each other (docs/architecture.md: imports point one way).
 
     from harness.registry import MIXERS
 
@@ -18,16 +18,9 @@ import difflib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
+from harness.errors import UnknownName
+
 T = TypeVar("T")
-
-
-class HarnessError(Exception):
-    """An error caused by the user's input. The CLI prints its message as one line and exits with code 2."""
-
-
-class UnknownName(HarnessError, KeyError):
-    def __str__(self) -> str:  # KeyError would otherwise quote the message
-        return str(self.args[0])
 
 
 class Registry(Generic[T]):

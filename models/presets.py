@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.registry import ARCHITECTURES, MIXERS, SIZES, HarnessError
+from harness.errors import HarnessError
+from harness.registry import ARCHITECTURES, MIXERS, SIZES
 
 from .backbone import ModelConfig
 

@@ -21,9 +21,9 @@ import torch
 
 import models.presets  # noqa: F401 - registers the model presets
 import tasks  # noqa: F401 - registers the tasks and suites
-from harness.launchers import InProcess, LaunchOptions, Pool, visible_gpus
-from harness.results import ResultStore
-from harness.sweep import plan_cells, run_cells
+from harness.results.store import ResultStore
+from harness.run.launchers import InProcess, LaunchOptions, Pool, visible_gpus
+from harness.run.sweep import plan_cells, run_cells
 
 
 def main() -> None:

@@ -2,17 +2,30 @@
 
 A task's data is a list of `Slice`s, one per task setting (e.g. sequence length 64 with 4 key-value pairs).
 Labels are -100 wherever the model is not scored, as in PyTorch's cross-entropy.
+
+A task owns everything that differs about it, through hooks with defaults that fit the synthetic probes:
+
+    training_stream   training batches for data too large for slices (a text corpus); default: the 'train' slices
+    slice_metrics     metrics of a test slice beyond accuracy and loss; default: chance-corrected accuracy
+    extra_rows        measurements that are not one slice's metric (loss by position, throughput, lm-eval)
+    tokenizer         the tokenizer saved with a checkpoint; default: one word per token id
+    lm_eval_exports   the task as lm-eval documents; default: every labelled position of every test slice
+
+Tasks know nothing of models or of the harness beyond its registry and errors: what a hook needs of the trained
+model comes in through the `TrainedModel` protocol below, which the harness implements.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
+
+from harness.errors import HarnessError
 
 IGNORE = -100
 
@@ -39,21 +52,83 @@ class Slice:
         return len(self.inputs)
 
 
+@dataclass(frozen=True, kw_only=True)
+class TaskConfig:
+    """The fields every synthetic task's config shares (a task's config subclasses it and may change defaults)."""
+
+    num_train: int = 20000
+    """Training examples in all, split evenly between the train settings."""
+    num_test: int = 500
+    """Test (and validation) examples per slice."""
+
+
+def require_settings(task: str, config: TaskConfig, train: str, test: str, what: str = "setting") -> None:
+    """The checks every synthetic task shares: the config's `train` and `test` fields (e.g. train_lengths and
+    test_lengths) each name at least one setting, and the example counts leave no slice empty."""
+    if not getattr(config, train) or not getattr(config, test):
+        raise HarnessError(f"{task}: {train} and {test} must each name at least one {what}")
+    if config.num_train < len(getattr(config, train)):
+        raise HarnessError(
+            f"{task}: num_train={config.num_train} leaves some of the {len(getattr(config, train))} {train}"
+            f" without examples; raise num_train or name fewer {train}"
+        )
+    if config.num_test < 1:
+        raise HarnessError(f"{task}: num_test must be >= 1, got {config.num_test}")
+
+
+# One training batch: token ids (B, T), target ids (B, T) with IGNORE where unscored, and document ids (B, T) that
+# tell packed documents apart (None: each row is one sequence).
+Batch = tuple[np.ndarray, np.ndarray, np.ndarray | None]
+
+
+class TrainingStream(Protocol):
+    """Training data too large to hold as slices (a tokenised corpus) makes its own batches."""
+
+    def batches(self, batch_size: int, seed: int, skip: int = 0) -> Iterator[Batch]:
+        """Endless batches, the same for the same seed; the first `skip` are passed over (to resume at a step)."""
+
+
+class TrainedModel(Protocol):
+    """What a task's `extra_rows` may ask of a cell's trained model; the harness provides it (harness/run/cell.py)."""
+
+    history: list[dict[str, Any]]
+    """The training curve: one dict per evaluation (step, tokens, train_loss, ..., tokens_per_s, peak_memory_gib)."""
+
+    def loss_by_position(self, piece: Slice) -> np.ndarray:
+        """Mean loss at every position of the slice's examples: (T,) float64, NaN where nothing is scored."""
+
+    def lm_eval(self, task_names: Sequence[str]) -> list[dict[str, Any]]:
+        """Scores of the model saved as a checkpoint, by lm-eval, for `task_names` (the checkpoint's own exported
+        tasks are found): dicts with task, task_version, num_fewshot, slice, metric, value, higher_is_better, n,
+        stderr, wall_s."""
+
+
+@dataclass(frozen=True)
+class LmEvalExport:
+    """Documents of one lm-eval task made from a harness task (see harness/integrations/lm_eval_export.py)."""
+
+    slice: str | None
+    """The test slice they come from; None: the task as a whole (one lm-eval task, no group)."""
+    kind: Literal["next-word", "perplexity"]
+    """'next-word': documents {context, target}, scored right when the target word is the greedy continuation
+    (the harness's accuracy); 'perplexity': documents {text}, scored by rolling loglikelihood."""
+    documents: list[dict[str, Any]]
+    metadata: dict[str, Any] = field(default_factory=dict)
+    """Recorded in the task's metadata (with the task's version)."""
+
+
 class Task:
-    """Base class of a registered task. Subclasses set `Config`, `version` and implement `generate`."""
+    """Base class of a registered task. Subclasses set `Config`, `version` and implement `generate`,
+    `vocab_size` and `vocabulary`; the hooks below have defaults that fit the synthetic probes."""
 
     Config: ClassVar[type]
     version: ClassVar[str]
     """Bumped whenever the generated data or the metric changes; recorded with every result."""
     cache_slices: ClassVar[bool] = True
-    """Cache generated slices on disk (harness/data.py); False for tasks that keep their own cache."""
-    text_corpus: ClassVar[bool] = False
-    """A language-modelling task over a text corpus (tasks/lm.py): it provides `training_stream(config, seed)`
-    (training batches too large for slices), `tokenizer(config)` (saved with checkpoints) and `unigram_loss`, and
-    is reported with perplexity and exported to lm-eval as held-out documents."""
+    """Cache generated slices on disk (harness/run/data.py); False for tasks that keep their own cache."""
 
     def validate(self, config: Any) -> None:
-        """Raise harness.registry.HarnessError if the settings are impossible."""
+        """Raise harness.errors.HarnessError if the settings are impossible."""
 
     def vocab_size(self, config: Any) -> int:
         raise NotImplementedError
@@ -80,6 +155,79 @@ class Task:
         """Token accuracy of guessing, for chance-corrected accuracy (acc - chance) / (1 - chance); None: not
         reported. State-tracking tasks define it."""
         return None
+
+    # ---- hooks: what differs between tasks, each with the default of the synthetic probes
+
+    def training_stream(self, config: Any, seed: int) -> TrainingStream | None:
+        """Training batches made by the task itself (data too large for slices); None: train on the 'train'
+        slices, and drop test examples that also occur in them."""
+        return None
+
+    def slice_metrics(self, config: Any, piece: Slice, measured: dict[str, float]) -> dict[str, float]:
+        """Metrics of a test slice beyond accuracy, sequence_accuracy and loss (already in `measured`), each named
+        in harness/results/metrics.py; 'chance' is an input of scaled_accuracy's standard error, not a metric."""
+        chance = self.chance_accuracy(config, piece.name)
+        if chance is None:
+            return {}
+        return dict(chance=chance, scaled_accuracy=(measured["accuracy"] - chance) / (1 - chance))
+
+    def extra_rows(
+        self, config: Any, trained: TrainedModel, test_slices: list[Slice]
+    ) -> list[dict[str, Any]]:
+        """Measurements that are not one test slice's metric: dicts with slice, metric, value, higher_is_better, n,
+        stderr (and task, task_version, num_fewshot, wall_s where they differ from the cell's)."""
+        return []
+
+    def tokenizer(self, config: Any):
+        """The transformers tokenizer saved with a checkpoint. Default: one word of `vocabulary` per token id, then
+        an end-of-sequence and a pad token that the model never saw (see harness/integrations/checkpoint.py)."""
+        words = self.vocabulary(config)
+        if len(words) != self.vocab_size(config):
+            raise ValueError(
+                f"the vocabulary has {len(words)} words but the task {self.vocab_size(config)} tokens"
+            )
+        return word_level_tokenizer(words)
+
+    def lm_eval_exports(self, config: Any, test_slices: list[Slice]) -> list[LmEvalExport]:
+        """The task as lm-eval documents. Default: one 'next-word' task per test slice, one document per labelled
+        position: context = the text of inputs[:p+1], target = the word of labels[p]."""
+        words = self.vocabulary(config)
+        exports = []
+        for piece in test_slices:
+            documents = [
+                dict(
+                    context=self.render(config, inputs[: position + 1]),
+                    target=words[labels[position]],
+                    example=example,
+                    position=position,
+                )
+                for example, (inputs, labels) in enumerate(zip(piece.inputs, piece.labels, strict=True))
+                for position in (labels != IGNORE).nonzero()[0].tolist()
+            ]
+            exports.append(LmEvalExport(piece.name, "next-word", documents, dict(slice=piece.name)))
+        return exports
+
+
+EOS, PAD = "<eos>", "<pad>"
+
+
+def word_level_tokenizer(words: list[str]):
+    """A transformers PreTrainedTokenizerFast that splits on whitespace and maps word i of `words` to id i; EOS
+    and pad follow as ids len(words) and len(words) + 1."""
+    # slow to import, and only checkpoints need a tokenizer
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: i for i, word in enumerate([*words, EOS, PAD])}
+    if len(vocab) != len(words) + 2 or any(not w or any(c.isspace() for c in w) for w in words):
+        raise ValueError(
+            "a task vocabulary must be distinct, non-empty words without spaces, and not <eos>/<pad>"
+        )
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=None))
+    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD, padding_side="left"
+    )
 
 
 def plan_examples(

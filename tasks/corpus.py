@@ -143,7 +143,7 @@ def documents(source: str, text_field: str = "text") -> Iterator[tuple[str, str]
 def _records(path: Path) -> Iterator[dict]:
     try:
         if path.suffix == ".parquet":
-            import pyarrow.parquet as pq
+            import pyarrow.parquet as pq  # slow to import; only parquet sources need it
 
             yield from pq.read_table(path).to_pylist()
         elif path.suffix == ".jsonl":
@@ -162,7 +162,7 @@ def _hf_documents(source: str, text_field: str) -> Iterator[tuple[str, str]]:
         raise CorpusError(f"a datasets source is hf:NAME:SPLIT or hf:NAME:CONFIG:SPLIT, got '{source}'")
     name, config, split = (parts[0], None, parts[1]) if len(parts) == 2 else parts
     try:
-        import datasets
+        import datasets  # slow to import; only hf: sources need it
 
         stream = datasets.load_dataset(name, config, split=split, streaming=True)
     except Exception as err:  # noqa: BLE001 - offline, missing or misnamed: one message
@@ -197,6 +197,7 @@ def source_fingerprint(source: str) -> str:
 
 def train_bpe(texts: Iterator[str], vocab_size: int):
     """A byte-level BPE of `vocab_size` tokens (end-of-text and pad included) trained on `texts`."""
+    # slow to import; only corpus tasks need tokenizers
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -215,7 +216,7 @@ def train_bpe(texts: Iterator[str], vocab_size: int):
 
 def load_tokenizer(name: str):
     """A Hugging Face tokenizer by name or path (offline: a local path or the local hub cache)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # slow to import; only corpus tasks need it
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
@@ -367,7 +368,7 @@ def _write(corpus: Corpus, folder: Path) -> None:
 
 
 def _read(folder: Path) -> Corpus:
-    from transformers import PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast  # slow to import; only corpus tasks need it
 
     splits = {
         split: Tokenized(

@@ -16,14 +16,17 @@ per-position losses show where).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 
-from .base import IGNORE, Slice, Task
+from .base import IGNORE, LmEvalExport, Slice, Task, TrainedModel
 from .corpus import Corpus, CorpusError, Tokenized, bpe_vocab_size, load_corpus, source_files
 
 
@@ -98,7 +101,6 @@ class LanguageModelling(Task):
     Config = LMConfig
     version = "1"
     cache_slices = False  # the tokenised corpus is cached (tasks/corpus.py); slices are cut from it quickly
-    text_corpus = True
 
     def validate(self, config: LMConfig) -> None:
         if config.seq_len < 8:
@@ -192,6 +194,42 @@ class LanguageModelling(Task):
         targets = piece.labels[piece.labels != IGNORE]
         return float(-self.corpus(config).unigram_log_probs[targets].mean())
 
+    def slice_metrics(self, config: LMConfig, piece: Slice, measured: dict[str, float]) -> dict[str, float]:
+        loss = measured["loss"]
+        return dict(
+            perplexity=math.exp(loss) if math.isfinite(loss) else math.inf,
+            unigram_loss=self.unigram_loss(config, piece),
+        )
+
+    def extra_rows(
+        self, config: LMConfig, trained: TrainedModel, test_slices: list[Slice]
+    ) -> list[dict[str, Any]]:
+        longest = max(test_slices, key=lambda piece: piece.inputs.shape[1])
+        rows = position_rows(trained.loss_by_position(longest), longest, config.position_bins)
+        rows += throughput_rows(trained.history)
+        if config.lm_eval_tasks:
+            # lm-eval scores a task as a whole: slice "all" (a task exported with slices keeps its own)
+            rows += [row | {"slice": row["slice"] or "all"} for row in trained.lm_eval(config.lm_eval_tasks)]
+        return rows
+
+    def lm_eval_exports(self, config: LMConfig, test_slices: list[Slice]) -> list[LmEvalExport]:
+        """Held-out documents (the first 4 x seq_len tokens of those the perplexity slices read), scored by
+        rolling loglikelihood: bits per byte and byte perplexity compare across tokenizers."""
+        texts = self.held_out_texts(config, config.lm_eval_documents, max_tokens=4 * config.seq_len)
+        return [
+            LmEvalExport(None, "perplexity", [dict(text=text) for text in texts], dict(corpus=config.corpus))
+        ]
+
+    def held_out_texts(self, config: LMConfig, count: int, max_tokens: int) -> list[str]:
+        """The text of `count` held-out documents (their first `max_tokens` tokens)."""
+        corpus = self.corpus(config)
+        texts = []
+        for doc in self.long_documents(corpus, config)[:count]:
+            start = int(corpus.valid.starts[doc]) + 1  # after the end-of-text token that opens every document
+            ids = np.asarray(corpus.valid.tokens[start : start + max_tokens]).tolist()
+            texts.append(corpus.tokenizer.decode(ids))
+        return texts
+
     def vocabulary(self, config: LMConfig) -> list[str]:
         tokenizer = self.tokenizer(config)
         return tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
@@ -201,3 +239,42 @@ class LanguageModelling(Task):
 
     def setting_name(self, config: LMConfig) -> str:
         return f"corpus={config.corpus},tokenizer={config.tokenizer}"
+
+
+def position_rows(losses: np.ndarray, piece: Slice, bins: int) -> list[dict[str, Any]]:
+    """Per-position losses (T,) of a slice averaged in `bins` equal bins of position."""
+    edges = np.linspace(0, len(losses), bins + 1).round().astype(int)
+    return [
+        dict(
+            slice=f"{piece.name},positions={begin}-{end - 1}",
+            metric="loss_by_position",
+            value=float(np.nanmean(losses[begin:end])),
+            higher_is_better=False,
+            n=int((end - begin) * len(piece)),
+            stderr=None,
+        )
+        for begin, end in zip(edges[:-1], edges[1:], strict=True)
+    ]
+
+
+def throughput_rows(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Training tokens/s (median over the evaluation intervals) and peak memory, from the training curve."""
+    # the first interval includes compilation and warm-up: left out when there are others
+    points = history[1:] if len(history) > 1 else history
+    if not points:
+        return []
+    rate = float(np.median([p["tokens_per_s"] for p in points]))
+    memory = max(p["peak_memory_gib"] for p in history)
+    return [
+        dict(
+            slice="train",
+            metric="tokens_per_s",
+            value=rate,
+            higher_is_better=True,
+            n=len(points),
+            stderr=None,
+        ),
+        dict(
+            slice="train", metric="peak_memory_gib", value=memory, higher_is_better=False, n=None, stderr=None
+        ),
+    ]

@@ -71,9 +71,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 
-from .base import IGNORE, Slice, Task, plan_examples, split_seed
+from .base import IGNORE, Slice, Task, TaskConfig, plan_examples, require_settings, split_seed
 from .mqar import distinct_integers
 
 # niah ------------------------------------------------------------------------------------------------------
@@ -82,7 +83,7 @@ NIAH_VARIANTS = ("single", "multi-key", "multi-value", "multi-query")
 
 
 @dataclass(frozen=True, kw_only=True)
-class NIAHConfig:
+class NIAHConfig(TaskConfig):
     variant: str = "single"
     """One of single, multi-key, multi-value, multi-query (see the module docstring)."""
     num_needles: int = 4
@@ -101,8 +102,6 @@ class NIAHConfig:
     """seq_len of the test slices."""
     depths: tuple[int, ...] = (0, 25, 50, 75, 100)
     """Test depths: percent of the haystack tokens that precede the target needle."""
-    num_train: int = 20000
-    """Training examples in all."""
     num_test: int = 200
     """Test (and validation) examples per (seq_len, depth) slice."""
 
@@ -133,7 +132,7 @@ class NIAH(Task):
         needles, keys, query_len = _niah_shape(config)
         if keys > config.key_vocab:
             raise HarnessError(f"niah: {keys} distinct keys need key_vocab >= {keys}, got {config.key_vocab}")
-        _require_settings("niah", config.train_lengths, config.test_lengths)
+        require_settings("niah", config, "train_lengths", "test_lengths", "length")
         if not config.depths or not all(0 <= d <= 100 for d in config.depths):
             raise HarnessError(f"niah: depths are percentages in [0, 100], got {config.depths}")
         fixed = needles * (2 + config.value_len) + query_len
@@ -239,7 +238,7 @@ POSITION_FORMATS = ("dedicated", "digits")
 
 
 @dataclass(frozen=True, kw_only=True)
-class IndexLookupConfig:
+class IndexLookupConfig(TaskConfig):
     data_vocab: int = 64
     """Tokens of the random sequence."""
     position_format: str = "dedicated"
@@ -251,10 +250,6 @@ class IndexLookupConfig:
     """seq_len of the training mixture; examples split evenly between them."""
     test_lengths: tuple[int, ...] = (64, 128, 256)
     """seq_len of the test slices (longer than training needs position_format 'digits' to make sense)."""
-    num_train: int = 20000
-    """Training examples in all."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
 
 
 @TASKS.register("index-lookup")
@@ -275,7 +270,7 @@ class IndexLookup(Task):
                 f"index-lookup: need data_vocab >= 2 and num_queries >= 1, got {config.data_vocab}"
                 f" and {config.num_queries}"
             )
-        _require_settings("index-lookup", config.train_lengths, config.test_lengths)
+        require_settings("index-lookup", config, "train_lengths", "test_lengths", "length")
         query_tokens = config.num_queries * self._query_len(config)
         for seq_len in {*config.train_lengths, *config.test_lengths}:
             if seq_len + 1 - query_tokens < 1:
@@ -344,15 +339,13 @@ class IndexLookup(Task):
 
 
 @dataclass(frozen=True, kw_only=True)
-class CopyConfig:
+class CopyConfig(TaskConfig):
     data_vocab: int = 32
     """Tokens of the random sequence (repeats allowed, so copying needs positions, not only bigrams)."""
     train_lengths: tuple[int, ...] = (64, 128)
     """seq_len of the training mixture (even: seq_len / 2 tokens are copied); examples split evenly."""
     test_lengths: tuple[int, ...] = (64, 128, 256, 512)
     """seq_len of the test slices; longer than training measures length generalisation."""
-    num_train: int = 20000
-    """Training examples in all."""
     num_test: int = 200
     """Test (and validation) examples per slice."""
 
@@ -367,7 +360,7 @@ class Copy(Task):
     def validate(self, config: CopyConfig) -> None:
         if config.data_vocab < 2:
             raise HarnessError(f"copy: data_vocab must be at least 2, got {config.data_vocab}")
-        _require_settings("copy", config.train_lengths, config.test_lengths)
+        require_settings("copy", config, "train_lengths", "test_lengths", "length")
         for seq_len in {*config.train_lengths, *config.test_lengths}:
             if seq_len < 2 or seq_len % 2:
                 raise HarnessError(
@@ -401,7 +394,7 @@ class Copy(Task):
 
 
 @dataclass(frozen=True, kw_only=True)
-class VariableTrackingConfig:
+class VariableTrackingConfig(TaskConfig):
     num_chains: int = 3
     """Chains per sequence: the queried one and num_chains - 1 distractors."""
     var_vocab: int = 128
@@ -441,8 +434,8 @@ class VariableTracking(Task):
                 f"variable-tracking: {config.num_chains} chains with distinct values need"
                 f" value_vocab >= {config.num_chains}, got {config.value_vocab}"
             )
-        _require_settings("variable-tracking", config.train_lengths, config.test_lengths)
-        _require_settings("variable-tracking", config.train_hops, config.test_hops)
+        require_settings("variable-tracking", config, "train_lengths", "test_lengths", "length")
+        require_settings("variable-tracking", config, "train_hops", "test_hops", "hop count")
         all_hops = {*config.train_hops, *config.test_hops}
         if min(all_hops) < 0:
             raise HarnessError(f"variable-tracking: hops must be >= 0, got {min(all_hops)}")
@@ -550,8 +543,3 @@ def shift(stream: np.ndarray, answer: np.ndarray) -> tuple[np.ndarray, np.ndarra
     inputs = np.ascontiguousarray(stream[:, :-1], dtype=np.int64)
     labels = np.where(answer[:, 1:], stream[:, 1:], IGNORE).astype(np.int64)
     return inputs, labels
-
-
-def _require_settings(task: str, train: tuple, test: tuple) -> None:
-    if not train or not test:
-        raise HarnessError(f"{task}: train and test settings must each name at least one value")

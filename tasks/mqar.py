@@ -11,7 +11,7 @@ Example (V = 16, L = 16, N = 2; filler shown as 0, '.' = not scored):
     labels  .  .  .  .  .  .  9  .  12 .  .  .  .  .  .  .
 
 Accuracy is the fraction of queries answered right (Zoology's metric). Mixed-setting training matters: a model
-trained only at one long length can score 0 (REFERENCE.md §3).
+trained only at one long length can score 0 (docs/reference.md §3).
 """
 
 from __future__ import annotations
@@ -20,23 +20,20 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 
-from .base import IGNORE, Slice, Task, plan_examples, split_seed
+from .base import IGNORE, Slice, Task, TaskConfig, plan_examples, require_settings, split_seed
 
 
 @dataclass(frozen=True, kw_only=True)
-class MQARConfig:
+class MQARConfig(TaskConfig):
     vocab_size: int = 8192
     """Token vocabulary: keys from [1, V/2), values from [V/2, V), 0 is filler."""
     train_settings: tuple[tuple[int, int], ...] = ((64, 4), (128, 8), (256, 16))
     """(seq_len, num_pairs) of the training mixture; examples split evenly between them."""
     test_settings: tuple[tuple[int, int], ...] = ((64, 4), (128, 8), (256, 16))
     """(seq_len, num_pairs) of each test slice."""
-    num_train: int = 20000
-    """Training examples in all."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
     power_a: float = 0.01
     """Gap distribution p(i) ∝ a·i^(a-1) over query slots; 1.0 is uniform."""
     random_non_queries: bool = True
@@ -49,6 +46,7 @@ class MQAR(Task):
     version = "1"
 
     def validate(self, config: MQARConfig) -> None:
+        require_settings("mqar", config, "train_settings", "test_settings", "(seq_len, pairs)")
         for seq_len, pairs in {*config.train_settings, *config.test_settings}:
             if pairs < 1 or 4 * pairs > seq_len:
                 raise HarnessError(
@@ -59,10 +57,6 @@ class MQAR(Task):
                 raise HarnessError(
                     f"mqar: {pairs} distinct keys need vocab_size >= {2 * (pairs + 1)}, got {config.vocab_size}"
                 )
-        if not config.train_settings or not config.test_settings:
-            raise HarnessError(
-                "mqar: train_settings and test_settings must each name at least one (seq_len, pairs)"
-            )
 
     def vocab_size(self, config: MQARConfig) -> int:
         return config.vocab_size

@@ -1,6 +1,6 @@
 """Palindrome, stack and multi-hop pointer chasing: the Kimi Linear report's synthetic tests, plus pointer chasing.
 
-Palindrome and Stack follow the Kimi Linear technical report (Kimi Team 2025, synthetic tests; REFERENCE.md §3),
+Palindrome and Stack follow the Kimi Linear technical report (Kimi Team 2025, synthetic tests; docs/reference.md §3),
 which trains 2-layer models at total lengths 256/512/1024/2048 and states neither vocabulary nor push rate; those
 are config fields here. Multi-hop is pointer chasing (k-hop lookups through a function table), as in RULER's
 variable tracking. Every task is scored by token accuracy over its labelled positions; '.' below = not scored.
@@ -42,31 +42,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 
-from .base import IGNORE, Slice, Task, plan_examples, split_seed
-
-
-def _require_settings(task: str, train: tuple, test: tuple, what: str) -> None:
-    if not train or not test:
-        raise HarnessError(f"{task}: train_{what} and test_{what} must each name at least one setting")
-
+from .base import IGNORE, Slice, Task, TaskConfig, plan_examples, require_settings, split_seed
 
 # ---------------------------------------------------------------------------------------------------- palindrome
 
 
 @dataclass(frozen=True, kw_only=True)
-class PalindromeConfig:
+class PalindromeConfig(TaskConfig):
     vocab_size: int = 64
     """Token vocabulary: 0 is the separator `|`, symbols are drawn from [1, vocab_size)."""
     train_lengths: tuple[int, ...] = (128, 256)
     """Total sequence lengths (even: n symbols, separator, n-1 reversed inputs) of the training mixture."""
     test_lengths: tuple[int, ...] = (128, 256)
     """Total sequence length of each test slice (the report uses 256, 512, 1024, 2048)."""
-    num_train: int = 20000
-    """Training examples in all."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
 
 
 @TASKS.register("palindrome")
@@ -77,7 +68,7 @@ class Palindrome(Task):
     version = "1"
 
     def validate(self, config: PalindromeConfig) -> None:
-        _require_settings("palindrome", config.train_lengths, config.test_lengths, "lengths")
+        require_settings("palindrome", config, "train_lengths", "test_lengths")
         for seq_len in {*config.train_lengths, *config.test_lengths}:
             if seq_len < 2 or seq_len % 2:
                 raise HarnessError(
@@ -118,7 +109,7 @@ STACK_PAD, PUSH, POP = 0, 1, 2
 
 
 @dataclass(frozen=True, kw_only=True)
-class StackConfig:
+class StackConfig(TaskConfig):
     num_stacks: int = 64
     """Independent stacks (the report uses 64); stack ids are tokens s0 .. s{num_stacks-1}."""
     num_elements: int = 64
@@ -129,10 +120,6 @@ class StackConfig:
     """Total sequence lengths of the training mixture (3 tokens per operation, leading pad for the remainder)."""
     test_lengths: tuple[int, ...] = (128, 256)
     """Total sequence length of each test slice (the report uses 256, 512, 1024, 2048)."""
-    num_train: int = 20000
-    """Training examples in all."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
 
 
 @TASKS.register("stack")
@@ -143,7 +130,7 @@ class Stack(Task):
     version = "1"
 
     def validate(self, config: StackConfig) -> None:
-        _require_settings("stack", config.train_lengths, config.test_lengths, "lengths")
+        require_settings("stack", config, "train_lengths", "test_lengths")
         for seq_len in {*config.train_lengths, *config.test_lengths}:
             if seq_len < 6:
                 raise HarnessError(
@@ -227,7 +214,7 @@ FIRST_NODE = 5
 
 
 @dataclass(frozen=True, kw_only=True)
-class MultiHopConfig:
+class MultiHopConfig(TaskConfig):
     num_nodes: int = 256
     """Node tokens n0 .. n{num_nodes-1}; each example's table uses N distinct ones (N set by seq_len and hops)."""
     train_settings: tuple[tuple[int, int], ...] = ((128, 1), (128, 2), (128, 4))
@@ -238,10 +225,6 @@ class MultiHopConfig:
     """Queries per example, each from a different start node."""
     label_every_hop: bool = False
     """Also score the node after each intermediate hop (at the `hop` tokens; not teacher-forced)."""
-    num_train: int = 20000
-    """Training examples in all."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
 
 
 @TASKS.register("multi-hop")
@@ -252,7 +235,7 @@ class MultiHop(Task):
     version = "1"
 
     def validate(self, config: MultiHopConfig) -> None:
-        _require_settings("multi-hop", config.train_settings, config.test_settings, "settings")
+        require_settings("multi-hop", config, "train_settings", "test_settings")
         if config.num_queries < 1:
             raise HarnessError(f"multi-hop: num_queries must be >= 1, got {config.num_queries}")
         for seq_len, hops in {*config.train_settings, *config.test_settings}:

@@ -57,9 +57,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 
-from .base import IGNORE, Slice, Task, plan_examples, split_seed
+from .base import IGNORE, Slice, Task, TaskConfig, plan_examples, require_settings, split_seed
 
 
 def ordered_distinct(
@@ -101,7 +102,7 @@ def next_token_labels(inputs: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FuzzyRecallConfig:
+class FuzzyRecallConfig(TaskConfig):
     vocab_size: int = 16
     """All tokens: of the n = vocab_size - 1 (- 1 with a delimiter) plain ones, keys [0, n//2), values [n//2, n);
     then pad (and delimiter)."""
@@ -115,8 +116,6 @@ class FuzzyRecallConfig:
     """seq_len of each test slice."""
     num_train: int = 12800
     """Training examples in all (MAD's baseline)."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
     full_length_test_keys: bool = True
     """Valid/test keys all have max_key_len tokens (MAD prompts at the maximum key size); training keys 1..max."""
     score_repeats: bool = True
@@ -141,10 +140,7 @@ class FuzzyRecall(Task):
         return plain // 2, plain - plain // 2, plain, plain + 1
 
     def validate(self, config: FuzzyRecallConfig) -> None:
-        if not config.train_lengths or not config.test_lengths:
-            raise HarnessError(
-                "fuzzy-recall: train_lengths and test_lengths must each name at least one seq_len"
-            )
+        require_settings("fuzzy-recall", config, "train_lengths", "test_lengths", "seq_len")
         if config.max_key_len < 1 or config.max_value_len < 1:
             raise HarnessError(
                 f"fuzzy-recall: max_key_len and max_value_len must be >= 1, got {config.max_key_len} and"
@@ -262,7 +258,7 @@ class FuzzyRecall(Task):
 
 
 @dataclass(frozen=True, kw_only=True)
-class NoisyRecallConfig:
+class NoisyRecallConfig(TaskConfig):
     kv_vocab_size: int = 16
     """Key and value tokens: keys [0, V/2), values [V/2, V) (MAD's in-context recall vocabulary)."""
     noise_vocab_size: int = 16
@@ -273,8 +269,6 @@ class NoisyRecallConfig:
     """(seq_len, frac_noise) of each test slice; frac_noise is the chance that a two-token slot is noise."""
     num_train: int = 12800
     """Training examples in all (MAD's baseline, there for each setting alone)."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
     lm_loss_in_train: bool = False
     """Train on every next token, as MAD does (valid/test still score only the values)."""
 
@@ -287,10 +281,7 @@ class NoisyRecall(Task):
     version = "1"
 
     def validate(self, config: NoisyRecallConfig) -> None:
-        if not config.train_settings or not config.test_settings:
-            raise HarnessError(
-                "noisy-recall: train_settings and test_settings must each name at least one (seq_len, frac_noise)"
-            )
+        require_settings("noisy-recall", config, "train_settings", "test_settings", "(seq_len, frac_noise)")
         if config.kv_vocab_size < 2:
             raise HarnessError(
                 f"noisy-recall: kv_vocab_size must be >= 2 (a key and a value), got {config.kv_vocab_size}"
@@ -364,7 +355,7 @@ class NoisyRecall(Task):
 
 
 @dataclass(frozen=True, kw_only=True)
-class SelectiveCopyConfig:
+class SelectiveCopyConfig(TaskConfig):
     vocab_size: int = 16
     """All tokens: data [0, V-2), blank V-2, copy V-1 (MAD's layout)."""
     train_settings: tuple[tuple[int, int], ...] = ((256, 16),)
@@ -373,8 +364,6 @@ class SelectiveCopyConfig:
     """(seq_len, num_tokens) of each test slice."""
     num_train: int = 12800
     """Training examples in all (MAD's baseline)."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
     teacher_forcing: bool = True
     """After the copy token the inputs are the data tokens (one behind the labels); False: blanks, as in MAD."""
 
@@ -387,10 +376,7 @@ class SelectiveCopy(Task):
     version = "1"
 
     def validate(self, config: SelectiveCopyConfig) -> None:
-        if not config.train_settings or not config.test_settings:
-            raise HarnessError(
-                "selective-copy: train_settings and test_settings must each name at least one (seq_len, num_tokens)"
-            )
+        require_settings("selective-copy", config, "train_settings", "test_settings", "(seq_len, num_tokens)")
         if config.vocab_size < 3:
             raise HarnessError(
                 f"selective-copy: vocab_size must be >= 3 (data, blank, copy), got {config.vocab_size}"

@@ -13,7 +13,7 @@ short prefixes included, as the sources do.
 
 parity: bits 0/1; with `tagging` (default) the label at every position is the parity of the bits so far,
 otherwise the bits end in '=' and only that position is scored with the parity of all bits. The vocabulary is
-always 3 words ('0', '1', '='; REFERENCE.md says vocab 3), so both modes share one embedding table. Labels reuse
+always 3 words ('0', '1', '='; docs/reference.md §3: vocab 3), so both modes share one embedding table. Labels reuse
 the ids of '0' and '1'.
 
     inputs  1 0 1 1 0 0 1        (tagging)      inputs  1 0 1 1 =     (tagging=False)
@@ -51,38 +51,31 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 
-from .base import IGNORE, Slice, Task, plan_examples, split_seed
+from .base import IGNORE, Slice, Task, TaskConfig, plan_examples, require_settings, split_seed
 
 TRAIN_LENGTHS = tuple(range(3, 41))
 TEST_LENGTHS = (40, 64, 128, 256)
 
 
 @dataclass(frozen=True, kw_only=True)
-class ParityConfig:
+class ParityConfig(TaskConfig):
     train_lengths: tuple[int, ...] = TRAIN_LENGTHS
     """Sequence lengths of the training mixture (one slice each); examples split evenly between them."""
     test_lengths: tuple[int, ...] = TEST_LENGTHS
     """Sequence length of each test (and validation) slice."""
-    num_train: int = 20000
-    """Training examples in all."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
     tagging: bool = True
     """Label the parity of the prefix at every position; False: bits then '=', only '=' scored."""
 
 
 @dataclass(frozen=True, kw_only=True)
-class ModularArithmeticConfig:
+class ModularArithmeticConfig(TaskConfig):
     train_lengths: tuple[int, ...] = TRAIN_LENGTHS
     """Sequence lengths (expression, '=' and any pad) of the training mixture; examples split evenly."""
     test_lengths: tuple[int, ...] = TEST_LENGTHS
     """Sequence length of each test (and validation) slice."""
-    num_train: int = 20000
-    """Training examples in all."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
     modulus: int = 5
     """Digits are 0..modulus-1 and the answer is the value mod modulus."""
     brackets: bool = False
@@ -92,33 +85,21 @@ class ModularArithmeticConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PermutationConfig:
+class PermutationConfig(TaskConfig):
     train_lengths: tuple[int, ...] = TRAIN_LENGTHS
     """Sequence lengths of the training mixture (one slice each); examples split evenly between them."""
     test_lengths: tuple[int, ...] = TEST_LENGTHS
     """Sequence length of each test (and validation) slice."""
-    num_train: int = 20000
-    """Training examples in all."""
-    num_test: int = 500
-    """Test (and validation) examples per slice."""
     group: str = "S5"
     """The group whose elements are composed: S5 (120 elements), A5 (60, the even permutations) or Z60."""
 
 
 def validate_lengths(task: str, config, shortest: int, why: str) -> None:
     """The checks every state-tracking config shares: lengths and example counts."""
-    if not config.train_lengths or not config.test_lengths:
-        raise HarnessError(f"{task}: train_lengths and test_lengths must each name at least one length")
+    require_settings(task, config, "train_lengths", "test_lengths", "length")
     too_short = [n for n in (*config.train_lengths, *config.test_lengths) if n < shortest]
     if too_short:
         raise HarnessError(f"{task}: seq_len must be >= {shortest} ({why}), got {min(too_short)}")
-    if config.num_train < len(config.train_lengths):
-        raise HarnessError(
-            f"{task}: num_train={config.num_train} leaves some of the {len(config.train_lengths)} train lengths"
-            " without examples; raise num_train or name fewer train_lengths"
-        )
-    if config.num_test < 1:
-        raise HarnessError(f"{task}: num_test must be >= 1, got {config.num_test}")
 
 
 @TASKS.register("parity")

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.registry import SUITES, HarnessError
+from harness.errors import HarnessError
+from harness.registry import SUITES
 
 from .lm import LMConfig
 from .localization import CopyConfig, IndexLookupConfig, NIAHConfig, VariableTrackingConfig

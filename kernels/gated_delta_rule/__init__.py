@@ -26,7 +26,8 @@ import torch
 from torch import Tensor
 
 from .chunk_torch import chunk_gated_delta_rule_torch
-from .ref import activate_gate, apply_input_options, gated_delta_rule_ref
+from .input_options import activate_gate, apply_input_options
+from .ref import gated_delta_rule_ref
 
 IMPLS = ("auto", "torch", "triton", "reference")
 GATES = ("scalar", "channel")
@@ -127,6 +128,7 @@ def gated_delta_rule(
     )
     chunked_triton = impl == "triton" and (q.shape[1] > DECODE_MAX_TOKENS or needs_grad)
     if chunked_triton:
+        # Triton is optional (CPU machines run the PyTorch path): its kernels are imported when first used
         from .chunk_triton import chunk_gated_delta_rule_triton
 
         return chunk_gated_delta_rule_triton(q, k, v, g, beta, chunk_size=chunk_size, **options, **kwargs)
@@ -135,7 +137,7 @@ def gated_delta_rule(
         return gated_delta_rule_ref(q, k, v, g, beta, dtype=torch.float32, **kwargs)
     if impl == "torch":
         return chunk_gated_delta_rule_torch(q, k, v, g, beta, chunk_size=chunk_size, **kwargs)
-    from .recurrent_triton import recurrent_gated_delta_rule_triton
+    from .recurrent_triton import recurrent_gated_delta_rule_triton  # optional, as above
 
     return recurrent_gated_delta_rule_triton(q, k, v, g, beta, **kwargs)
 

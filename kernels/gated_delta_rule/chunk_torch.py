@@ -1,4 +1,4 @@
-"""Chunked gated delta rule in plain PyTorch (REFERENCE.md §2): runs anywhere, differentiable by autograd.
+"""Chunked gated delta rule in plain PyTorch (docs/reference.md §2): runs anywhere, differentiable by autograd.
 
 A sequence is cut into chunks of C tokens. Inside a chunk everything is a few matrix products; only the
 (K, V) state passes from one chunk to the next, so the Python loop runs T/C times, not T times.

@@ -1,6 +1,6 @@
 """Chunked gated delta rule in Triton: forward and backward kernels for the whole family.
 
-Same algorithm as `chunk_torch.py` (REFERENCE.md §2). Two compile-time switches select the member:
+Same algorithm as `chunk_torch.py` (docs/reference.md §2). Two compile-time switches select the member:
 GATE_CHANNEL (per-channel gate, KDA/GLA; else one gate per head, GDN/SSD) and USE_DELTA (the delta rule's UT
 transform, KDA/GDN; else U = V and W = 0, SSD/GLA). One code path serves all four.
 

@@ -19,7 +19,7 @@ python -c "import torch, triton; print('torch', torch.__version__, 'triton', tri
 # Compilation and autotuning take minutes (fla's KDA alone more than 4): fill Triton's disk cache in the
 # background, one process per (op, impl), while the tests run; the benchmark then loads from it. At normal priority
 # those processes starved the tests (v2 run 2: 1 test in 100 s), hence nice.
-nice -n 19 python -m harness.bench warm-all ${WARM_BUDGET:-200} > "$OUT/warm.log" 2>&1 &
+nice -n 19 python -m kernels.bench warm-all ${WARM_BUDGET:-200} > "$OUT/warm.log" 2>&1 &
 WARM_PID=$!
 if [ "${SKIP_TESTS:-0}" != 1 ]; then
   timeout ${TEST_TIMEOUT:-150} python -m pytest -q -m gpu tests/kernels -p no:cacheprovider -rf 2>&1 | tee "$OUT/gpu_tests.log" | tail -30

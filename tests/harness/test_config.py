@@ -3,7 +3,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from harness.config import apply_override, config_hash, parse_assignment, to_dict
-from harness.registry import HarnessError
+from harness.errors import HarnessError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -82,7 +82,7 @@ def test_fields_added_later_keep_old_hashes_while_at_their_default():
     import dataclasses
 
     from harness.config import config_hash
-    from harness.train import TrainConfig
+    from harness.run.train import TrainConfig
 
     added = ("schedule", "decay_fraction")
     old_fields = {

@@ -1,6 +1,7 @@
 import pytest
 
-from harness.registry import Registry, UnknownName
+from harness.errors import UnknownName
+from harness.registry import Registry
 
 
 def test_register_get_and_list():

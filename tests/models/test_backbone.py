@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from harness.registry import ARCHITECTURES, HarnessError, UnknownName
+from harness.errors import HarnessError, UnknownName
+from harness.registry import ARCHITECTURES
 from models.backbone import LanguageModel, ModelConfig
 from models.gdn import GDNConfig
 from models.kda import KDAConfig

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from harness.registry import HarnessError
+from harness.errors import HarnessError
 from tasks.base import IGNORE
 from tasks.corpus import CorpusError, Tokenized, documents, in_validation, load_corpus, source_files
 from tasks.lm import LanguageModelling, LMConfig, PackedStream, packed_example

@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 from tasks.base import IGNORE
 from tasks.localization import CopyConfig, IndexLookupConfig, NIAHConfig, VariableTrackingConfig
 

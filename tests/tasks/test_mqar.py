@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 from tasks.base import IGNORE
 from tasks.mqar import MQARConfig, distinct_integers
 

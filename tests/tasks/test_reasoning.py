@@ -4,7 +4,8 @@ follow the pointers; then compare with the labels."""
 import numpy as np
 import pytest
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 from tasks.base import IGNORE
 from tasks.reasoning import MultiHopConfig, PalindromeConfig, StackConfig
 

@@ -6,7 +6,8 @@ import itertools
 import numpy as np
 import pytest
 
-from harness.registry import TASKS, HarnessError
+from harness.errors import HarnessError
+from harness.registry import TASKS
 from tasks.base import IGNORE
 from tasks.recall import (
     FuzzyRecallConfig,

@@ -1,0 +1,135 @@
+"""Regression check on small models: rerun the cells of a committed baseline store and compare metric by metric.
+
+The baseline (e.g. `results/smoke-cpu/`) holds the smoke suite run over its lr grid with several seeds. A candidate
+run repeats, for each model, the baseline's best lr (as `harness report` chooses it) with the baseline's first seed. A metric regresses when it falls below the baseline's mean by more than its
+tolerance, k standard deviations of the baseline's seed-to-seed spread, but at least `min_tolerance` (with 2-3
+seeds the spread can be nearly zero, and CPU numerics differ a little between machines and library versions).
+Improvements pass. A cell of the baseline that is missing or did not finish in the candidate fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from harness.analysis.labels import task_label
+from harness.analysis.report import best_lr, summarize
+from harness.errors import HarnessError
+from harness.results.store import ResultStore
+from harness.run.launchers import LaunchOptions, make_launcher
+from harness.run.sweep import plan_cells, run_cells
+
+KEYS = ["model", "task", "task_setting", "slice", "metric"]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    k: float = 3.0
+    """Allowed drop in units of the baseline's seed-to-seed standard deviation."""
+    min_tolerance: float = 0.03
+    """Allowed drop at least this large (absolute)."""
+
+
+def baseline_rows(path: Path) -> pd.DataFrame:
+    if not (path / "cells").is_dir():
+        raise HarnessError(
+            f"no baseline store at {path}/ (make one with `harness run ... --seeds 0,1,2 --out {path}`)"
+        )
+    rows = ResultStore(path).read()
+    rows = rows[rows["status"] == "ok"]
+    if rows.empty:
+        raise HarnessError(f"the baseline {path}/ holds no finished cells")
+    for column in ("suite", "scale"):
+        if rows[column].nunique() != 1:
+            raise HarnessError(f"a baseline must be one suite at one scale; {path}/ has several {column}s")
+    return rows.assign(task_setting=rows["task_setting"].fillna(""))
+
+
+def compare(
+    baseline: pd.DataFrame, candidate: pd.DataFrame, metrics: list[str], tolerance: Tolerance
+) -> pd.DataFrame:
+    """One row per baseline measurement: baseline mean/std/seeds, candidate value, allowed bound, verdict."""
+    base = baseline[baseline["metric"].isin(metrics)]
+    stats = base.groupby(KEYS, dropna=False).agg(
+        mean=("value", "mean"),
+        std=("value", "std"),
+        seeds=("seed", "nunique"),
+        higher_is_better=("higher_is_better", "first"),
+    )
+    stats["std"] = stats["std"].fillna(0.0)
+    done = candidate[candidate["status"] == "ok"].assign(task_setting=candidate["task_setting"].fillna(""))
+    got = done.groupby(KEYS, dropna=False)["value"].mean().rename("candidate")
+    table = stats.join(got, how="left").reset_index()
+    table["tolerance"] = (tolerance.k * table["std"]).clip(lower=tolerance.min_tolerance)
+    sign = table["higher_is_better"].map({True: 1.0, False: -1.0})
+    table["bound"] = table["mean"] - sign * table["tolerance"]
+    change = sign * (table["candidate"] - table["mean"])
+    table["verdict"] = "ok"
+    table.loc[change > table["tolerance"], "verdict"] = "better"
+    table.loc[change < -table["tolerance"], "verdict"] = "REGRESSED"
+    table.loc[table["candidate"].isna(), "verdict"] = "MISSING"
+    return table
+
+
+def render(table: pd.DataFrame) -> str:
+    shown = pd.DataFrame(
+        {
+            "model": table["model"],
+            "task": [task_label(t, s) for t, s in zip(table["task"], table["task_setting"], strict=True)],
+            "slice": table["slice"],
+            "metric": table["metric"],
+            "baseline": [f"{m:.3f} ± {s:.3f} ({n})" for m, s, n in zip(table["mean"], table["std"], table["seeds"], strict=True)],
+            "candidate": table["candidate"].map(lambda v: "—" if pd.isna(v) else f"{v:.3f}"),
+            "bound": [f"{'≥' if h else '≤'} {b:.3f}" for h, b in zip(table["higher_is_better"], table["bound"], strict=True)],
+            "verdict": table["verdict"],
+        }
+    )  # fmt: skip
+    return shown.to_markdown(index=False, disable_numparse=True) + (
+        "\n\n(baseline: mean ± std over seeds (number of seeds); bound: the baseline mean minus the tolerance)"
+    )
+
+
+def regress(
+    baseline_dir: Path,
+    out: Path,
+    models: list[str] | None = None,
+    metrics: tuple[str, ...] = ("accuracy",),
+    tolerance: Tolerance = Tolerance(),
+    device: str = "cpu",
+    workers: int | None = None,
+) -> tuple[bool, str, pd.DataFrame]:
+    """Rerun the baseline's cells (first seed, chosen models) into `out`, compare. Returns (passed, text, table).
+    With `workers`, the cells run in that many processes at once (the pool launcher), else one after another."""
+    baseline = baseline_rows(baseline_dir)
+    known = list(dict.fromkeys(baseline["model"]))
+    models = models or known
+    if unknown := [m for m in models if m not in known]:
+        raise HarnessError(f"the baseline has no model {', '.join(unknown)}; it has: {', '.join(known)}")
+    best = best_lr(summarize(baseline[baseline["model"].isin(models)]))
+    best_lrs = best[best["metric"] == metrics[0]].groupby("model")["lr"].first()
+    baseline = baseline[baseline["model"].map(best_lrs) == baseline["lr"]]
+    seed = int(baseline["seed"].min())
+    suite, scale = baseline["suite"].iloc[0], baseline["scale"].iloc[0]
+    # longest cells first (the baseline's steps), so that parallel workers finish together
+    steps = baseline.groupby("model")["steps"].mean()
+    cells = [
+        cell
+        for model in sorted(models, key=lambda m: -steps[m])
+        for cell in plan_cells(
+            [model], suite, scale, [f"train.device={device}"], [seed], lrs=[float(best_lrs[model])]
+        )
+    ]
+    store = ResultStore(out)
+    launcher = None if workers is None else make_launcher("pool", LaunchOptions(workers=workers))
+    run_cells(cells, store, launcher=launcher)
+    candidate = store.read()
+    candidate = candidate[candidate["run_id"].isin({c.id for c in cells})]
+    table = compare(baseline, candidate, list(metrics), tolerance)
+    passed = bool((table["verdict"].isin(["ok", "better"])).all())
+    head = (
+        f"regression check of {', '.join(f'{m} (lr {best_lrs[m]:g})' for m in models)} on {suite}/{scale}, seed {seed},"
+        f" against {baseline_dir}/: " + ("PASSED" if passed else "FAILED")
+    )
+    return passed, head + "\n\n" + render(table), table

@@ -1,0 +1,17 @@
+"""Errors caused by the user's input. The command line prints their message as one line and exits with code 2.
+
+A leaf module: it imports nothing of the project, so that every part can raise these errors.
+"""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    """An error caused by the user's input: what was wrong, what was expected, what to do."""
+
+
+class UnknownName(HarnessError, KeyError):
+    """A name that no registry holds (a mixer, model, task, suite or launcher)."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0])

@@ -1,0 +1,151 @@
+"""`harness eval`: score a checkpoint with lm-eval in this process and append tidy rows to the results store.
+
+lm-eval runs offline (HF_HUB_OFFLINE and HF_DATASETS_OFFLINE default to 1) with the harness's model type
+registered, on its `hf` model. Task names are lm-eval's: standard tasks work wherever their data is in the local
+cache; the synthetic tasks come from the checkpoint's `lm_eval_tasks/` folder (see harness/integrations/lm_eval_export.py) and
+any `--include-path`. One row per (task, metric, filter), in the store's schema:
+
+    task          lm-eval's task or group name         slice         the harness slice of an exported task
+    task_version  the task's metadata version          num_fewshot   lm-eval's n-shot
+    metric        lm-eval's metric, with ',<filter>' unless the filter is 'none'
+    value, stderr, n (documents scored), higher_is_better
+    model, preset, layers, seed, lr, steps, tokens_seen  the trained cell's own columns, from the checkpoint's
+                                                        harness.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+# registers harness_lm with transformers, so that lm-eval's `hf` model loads the harness's checkpoints
+import harness.integrations.hf_model  # noqa: F401
+from harness.config import config_hash
+from harness.errors import HarnessError
+from harness.results.provenance import git_state, library_versions
+from harness.results.schema import Row
+from harness.results.store import ResultStore
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    tasks: list[str],
+    store: ResultStore | None = None,
+    include_paths: list[str | Path] = (),
+    num_fewshot: int | None = None,
+    limit: int | None = None,
+    batch_size: int = 32,
+    device: str = "cpu",
+) -> tuple[str, list[dict[str, Any]]]:
+    """Run lm-eval on `checkpoint` for `tasks`; append the rows to `store` (when given, and not there yet).
+    Returns (run id, rows)."""
+    checkpoint = Path(checkpoint).resolve()
+    if not (checkpoint / "config.json").exists():
+        raise HarnessError(f"no transformers checkpoint at {checkpoint} (config.json missing)")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    # slow to import (seconds): only scoring needs it
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    paths = [str(Path(p).resolve()) for p in include_paths]
+    if (checkpoint / "lm_eval_tasks").is_dir():
+        paths.append(str(checkpoint / "lm_eval_tasks"))
+    provenance = _provenance(checkpoint)
+    run_id = config_hash(
+        dict(checkpoint=str(checkpoint), trained=provenance.get("cell_id"), tasks=sorted(tasks),
+             num_fewshot=num_fewshot, limit=limit, lm_eval=lm_eval.__version__)
+    )  # fmt: skip
+    if store is not None and store.has(run_id):
+        return run_id, []
+    manager = TaskManager(include_path=paths or None)
+    unknown = [t for t in tasks if t not in manager.all_tasks]
+    if unknown:
+        raise HarnessError(
+            f"unknown lm-eval task(s) {', '.join(unknown)}; exported synthetic tasks are named like harness_mqar"
+        )
+    start = time.perf_counter()
+    results = lm_eval.simple_evaluate(
+        model="hf",
+        model_args=dict(pretrained=str(checkpoint), backend="causal", dtype="float32"),
+        tasks=tasks,
+        num_fewshot=num_fewshot,
+        limit=limit,
+        batch_size=batch_size,
+        device=device,
+        task_manager=manager,
+    )
+    rows = result_rows(results, run_id, provenance, device, wall_s=time.perf_counter() - start)
+    if store is not None:
+        store.write(run_id, rows, dict(checkpoint=str(checkpoint), tasks=tasks, lm_eval=lm_eval.__version__))
+    return run_id, rows
+
+
+def result_rows(
+    results: dict, run_id: str, provenance: dict, device: str, wall_s: float
+) -> list[dict[str, Any]]:
+    """lm-eval's results dict as tidy rows of the store's schema (Row dicts)."""
+    commit, dirty = git_state()
+    trained = provenance.get("row") or {}  # the trained cell's own columns (checkpoints of harness cells)
+    base = Row(
+        run_id=run_id,
+        suite="lm-eval",
+        scale=trained.get("scale"),
+        seed=trained.get("seed"),
+        model=trained.get("model") or provenance.get("name"),
+        preset=trained.get("preset"),
+        layers=trained.get("layers"),
+        params=trained.get("params"),
+        non_embedding_params=trained.get("non_embedding_params"),
+        lr=trained.get("lr"),
+        steps=trained.get("steps"),
+        tokens_seen=trained.get("tokens_seen"),
+        kernel_impl=trained.get("kernel_impl"),
+        dtype="float32",
+        device=device,
+        git_commit=commit,
+        git_dirty=dirty,
+        **library_versions(),
+        wall_s=round(wall_s, 3),
+        checkpoint=provenance.get("checkpoint"),
+        trained_run_id=provenance.get("cell_id"),
+    )
+    rows = []
+    for task, measured in results["results"].items():
+        config = results.get("configs", {}).get(task, {})
+        metadata = config.get("metadata") or {}
+        samples = results.get("n-samples", {}).get(task, {})
+        higher = results.get("higher_is_better", {}).get(task, {})
+        for key, value in measured.items():
+            if "," not in key or "_stderr," in key or not isinstance(value, int | float):
+                continue
+            metric, _, filter_name = key.partition(",")
+            stderr = measured.get(f"{metric}_stderr,{filter_name}")
+            rows.append(
+                base.with_(
+                    task=task,
+                    task_version=str(results.get("versions", {}).get(task, metadata.get("version"))),
+                    num_fewshot=results.get("n-shot", {}).get(task),
+                    slice=metadata.get("slice"),
+                    metric=metric if filter_name == "none" else f"{metric},{filter_name}",
+                    value=float(value),
+                    higher_is_better=higher.get(metric),
+                    n=samples.get("effective"),
+                    stderr=float(stderr)
+                    if isinstance(stderr, int | float) and math.isfinite(stderr)
+                    else None,
+                ).to_dict()
+            )
+    return rows
+
+
+def _provenance(checkpoint: Path) -> dict[str, Any]:
+    """What harness.json says about how the checkpoint was trained; for other checkpoints, only its name."""
+    path = checkpoint / "harness.json"
+    provenance = json.loads(path.read_text()) if path.exists() else {"name": checkpoint.name}
+    provenance["checkpoint"] = str(checkpoint)
+    return provenance

@@ -1,0 +1,242 @@
+"""One cell of a sweep: model x task setting x lr x seed. A frozen config whose hash is its identity, and the
+function that trains, evaluates and turns the outcome into tidy result rows (harness/results/schema.py)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.config import config_hash
+from harness.registry import TASKS
+from harness.results.metrics import AUXILIARY, METRICS, SLICE_METRICS
+from harness.results.provenance import device_name, git_state, library_versions
+from harness.results.schema import Row
+from harness.run.data import cell_data
+from harness.run.device import autocast_dtype, resolve_device
+from harness.run.evaluate import evaluate, loss_by_position
+from harness.run.train import Checkpointing, TrainConfig, TrainResult, train
+from models.backbone import LanguageModel, ModelConfig
+from tasks.base import Slice
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    suite: str
+    scale: str
+    model_name: str
+    """The model token as given (architecture, e.g. 'kimi' or 'kda:mla=1:1')."""
+    size: str
+    """Size preset name."""
+    model: ModelConfig
+    task_name: str
+    task: Any
+    train: TrainConfig
+    seed: int
+
+    @property
+    def id(self) -> str:
+        return config_hash(self)
+
+    @property
+    def label(self) -> str:
+        return f"{self.model_name} · {self.task_name} · lr={self.train.lr:g} · seed={self.seed}"
+
+
+@dataclass(frozen=True)
+class CellOptions:
+    """What a run of a cell writes besides its result rows. None of it changes a result, so none of it is part of
+    the cell's id."""
+
+    checkpointing: Checkpointing | None = None
+    """Save training state now and then and resume from a checkpoint found there (crash safety)."""
+    save_dir: Path | None = None
+    """Save the trained model there as a transformers checkpoint, with its tokenizer and its test slices as
+    lm-eval tasks (harness/integrations/checkpoint.py)."""
+    log_dir: Path | None = None
+    """Log the training curve to TensorBoard there."""
+
+
+def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Train and evaluate one cell. Returns (result rows as dicts of the Row schema, extra metadata such as the
+    training history).
+
+    Failures are data: a non-finite loss gives status 'diverged', CUDA running out of memory 'oom', any other
+    exception 'failed' with its message; the caller writes these rows like any other. `options` says what else
+    the run writes (see CellOptions).
+    """
+    options = options or CellOptions()
+    start = time.perf_counter()
+    base = cell_row(cell)
+    task = TASKS.get(cell.task_name)()
+    try:
+        data = cell_data(cell.task_name, cell.task, cell.seed)
+        device = resolve_device(cell.train.device)
+        torch.manual_seed(cell.seed)
+        model = LanguageModel(cell.model)
+        base = base.with_(**_model_columns(model, cell, device))
+        outcome = train(
+            model,
+            data.train,
+            data.valid,
+            cell.train,
+            cell.seed,
+            device,
+            description=cell.label,
+            checkpointing=options.checkpointing,
+            log_dir=options.log_dir,
+        )
+        metrics = evaluate(model, data.test, cell.train, device)
+        for piece in data.test:
+            metrics[piece.name].update(task.slice_metrics(cell.task, piece, metrics[piece.name]))
+        trained = _Trained(model, cell, data.test, metrics, outcome, device, options, base)
+        extra = task.extra_rows(cell.task, trained, data.test)
+    except torch.cuda.OutOfMemoryError as err:
+        return [_failure_row(base, "oom", err, start).to_dict()], {}
+    except Exception as err:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
+        return [_failure_row(base, "failed", err, start).to_dict()], {"traceback": traceback.format_exc()}
+    status = "diverged" if outcome.diverged else "ok"
+    meta = {"history": outcome.history, "train_wall_s": outcome.wall_s}
+    if options.save_dir is not None:
+        meta["checkpoint"] = str(trained.save(options.save_dir))
+    done = base.with_(steps=outcome.steps, tokens_seen=outcome.tokens_seen, status=status)
+    rows = slice_rows(done, metrics, model, data.test) + [done.with_(**row) for row in extra]
+    wall = round(time.perf_counter() - start, 3)
+    return [row.with_(wall_s=wall).to_dict() for row in rows], meta
+
+
+def cell_row(cell: Cell) -> Row:
+    """The columns every row of a cell shares, before it has run."""
+    commit, dirty = git_state()
+    task_cls = TASKS.get(cell.task_name)
+    return Row(
+        run_id=cell.id,
+        suite=cell.suite,
+        scale=cell.scale,
+        task=cell.task_name,
+        task_version=task_cls.version,
+        task_setting=task_cls().setting_name(cell.task),
+        num_fewshot=0,
+        seed=cell.seed,
+        model=cell.model_name,
+        preset=cell.size,
+        layers=",".join(cell.model.layers),
+        lr=cell.train.lr,
+        git_commit=commit,
+        git_dirty=dirty,
+        **library_versions(),
+    )
+
+
+def failed_rows(cell: Cell, message: str, status: str = "failed") -> list[dict[str, Any]]:
+    """The one row of a cell that could not run to its end for a reason outside it (e.g. its worker died)."""
+    return [cell_row(cell).with_(status=status, error=message).to_dict()]
+
+
+def slice_rows(done: Row, metrics: dict[str, dict], model: LanguageModel, slices: list[Slice]) -> list[Row]:
+    """One row per (test slice, metric) in the order of the metric table, each with its count and stderr."""
+    rows = []
+    for piece in slices:
+        measured = metrics[piece.name]
+        unknown = set(measured) - set(SLICE_METRICS) - set(AUXILIARY)
+        if unknown:
+            raise ValueError(
+                f"metric(s) {sorted(unknown)} of slice {piece.name} are not in harness/results/metrics.py"
+            )
+        state = model.state_size(_slice_seq_len(piece))
+        for name in SLICE_METRICS:
+            if name not in measured:
+                continue
+            spec, value = METRICS[name], measured[name]
+            n = measured[spec.count]
+            stderr = spec.stderr(measured, value, n) if spec.stderr is not None else None
+            rows.append(
+                done.with_(
+                    slice=piece.name,
+                    metric=name,
+                    value=value,
+                    higher_is_better=spec.higher_is_better,
+                    n=n,
+                    stderr=stderr,
+                    state_size=state,
+                )
+            )
+    return rows
+
+
+class _Trained:
+    """The trained model of a cell as a task's `extra_rows` sees it (tasks.base.TrainedModel), and its saving."""
+
+    def __init__(self, model, cell, test_slices, metrics, outcome: TrainResult, device, options, base: Row):
+        self.model, self.cell, self.test_slices, self.metrics = model, cell, test_slices, metrics
+        self.outcome, self.device, self.options, self.base = outcome, device, options, base
+        self.history = outcome.history
+
+    def loss_by_position(self, piece: Slice) -> np.ndarray:
+        return loss_by_position(self.model, piece, self.cell.train, self.device)
+
+    def save(self, folder: Path) -> Path:
+        # transformers' model classes are slow to import: only cells that save a checkpoint pay for it
+        from harness.integrations.checkpoint import save_checkpoint
+
+        provenance = self.base.with_(steps=self.outcome.steps, tokens_seen=self.outcome.tokens_seen)
+        return save_checkpoint(
+            self.model, self.cell, self.test_slices, folder, self.outcome, self.metrics, provenance.to_dict()
+        )
+
+    def lm_eval(self, task_names: Sequence[str]) -> list[dict[str, Any]]:
+        """Save the model (into options.save_dir when given, else a temporary folder) and score it with lm-eval."""
+        # lm-eval and transformers are slow to import: only tasks that ask for lm-eval scores pay for them
+        from harness.integrations.lm_eval_scoring import evaluate_checkpoint
+
+        keep = self.options.save_dir is not None
+        folder = Path(self.options.save_dir) if keep else Path(tempfile.mkdtemp(prefix="harness-lm-"))
+        try:
+            _, rows = evaluate_checkpoint(
+                self.save(folder), list(task_names), device=str(self.device), batch_size=8
+            )
+        finally:
+            if not keep:
+                shutil.rmtree(folder, ignore_errors=True)
+        kept = (
+            "task",
+            "task_version",
+            "num_fewshot",
+            "slice",
+            "metric",
+            "value",
+            "higher_is_better",
+            "n",
+            "stderr",
+        )
+        return [{key: row[key] for key in kept} | {"wall_s": row["wall_s"]} for row in rows]
+
+
+def _model_columns(model: LanguageModel, cell: Cell, device: torch.device) -> dict[str, Any]:
+    amp = autocast_dtype(cell.train.dtype, device)
+    return dict(
+        params=model.num_params(),
+        non_embedding_params=model.num_params(non_embedding=True),
+        kernel_impl=model.kernel_names(device),
+        dtype=str(amp or torch.float32).removeprefix("torch."),
+        device=device_name(device),
+    )
+
+
+def _slice_seq_len(piece: Slice) -> int:
+    match = re.search(r"seq_len=(\d+)", piece.name)
+    return int(match[1]) if match else piece.inputs.shape[1]
+
+
+def _failure_row(base: Row, status: str, err: Exception, start: float) -> Row:
+    message = f"{type(err).__name__}: {err}".splitlines()[0][:500]
+    return base.with_(status=status, error=message, wall_s=time.perf_counter() - start)

@@ -1,0 +1,277 @@
+"""Launchers: where a sweep's cells run. The sweep (harness/run/sweep.py) holds every cell's lease and writes every
+result; a launcher only runs cells and hands back (rows, meta).
+
+    inprocess   one cell at a time in this process (default)
+    pool        worker processes on this machine: `cells_per_gpu` per visible GPU, each worker pinned to its GPU
+                with CUDA_VISIBLE_DEVICES; on a machine without GPUs, `workers` CPU processes
+    ray         tasks on a Ray cluster (`address`: an existing cluster such as 'auto' or 'ray://head:10001';
+                None starts a local Ray instance). Every node needs this harness installed at the same commit.
+
+A worker that dies while running a cell (killed, out of host memory, a crash in native code) makes that cell a
+'failed' row naming the cause; the sweep goes on with a fresh worker. If the sweep process itself is killed, the
+pool's workers notice and exit, and Ray ends the tasks of a driver that is gone: no orphan keeps writing.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+from harness.errors import HarnessError
+from harness.plugins import load_plugins, loaded_modules
+from harness.registry import LAUNCHERS
+from harness.run.cell import Cell, CellOptions, failed_rows, run_cell
+
+Finished = tuple[Cell, list[dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class LaunchOptions:
+    cells_per_gpu: int = 1
+    """Cells run at once on each GPU (pool, ray)."""
+    workers: int | None = None
+    """Pool: number of worker processes (default: GPUs x cells_per_gpu, or cells_per_gpu on the CPU);
+    ray: CPUs of a local instance."""
+    ray_address: str | None = None
+    """Address of an existing Ray cluster ('auto', 'ray://head:10001'); None starts a local instance."""
+
+
+class Launcher(Protocol):
+    slots: int
+    """How many cells may run at once."""
+
+    def submit(self, cell: Cell, options: CellOptions) -> None:
+        """Start a cell (only called while fewer than `slots` cells are running)."""
+
+    def wait(self, timeout: float) -> list[Finished]:
+        """Cells finished since the last call; waits up to `timeout` seconds for at least one."""
+
+    def close(self) -> None:
+        """Stop workers; cells still running are abandoned (their leases are released by the sweep)."""
+
+
+@LAUNCHERS.register("inprocess")
+class InProcess:
+    """One cell at a time, in this process."""
+
+    def __init__(self, options: LaunchOptions | None = None):
+        self.slots = 1
+        self._finished: list[Finished] = []
+
+    def submit(self, cell: Cell, options: CellOptions) -> None:
+        self._finished.append((cell, *run_cell(cell, options)))
+
+    def wait(self, timeout: float) -> list[Finished]:
+        finished, self._finished = self._finished, []
+        return finished
+
+    def close(self) -> None:
+        pass
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES entries."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [part.strip() for part in listed.split(",") if part.strip() and part.strip() != "-1"]
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+@LAUNCHERS.register("pool")
+class Pool:
+    """Worker processes on this machine: `cells_per_gpu` on each visible GPU, or `workers` on the CPU."""
+
+    def __init__(self, options: LaunchOptions | None = None):
+        options = options or LaunchOptions()
+        cells_per_gpu, workers = options.cells_per_gpu, options.workers
+        if cells_per_gpu < 1:
+            raise HarnessError(f"--cells-per-gpu must be at least 1, got {cells_per_gpu}")
+        gpus = visible_gpus()
+        # GPUs interleaved, so that a sweep smaller than the pool still spreads over all of them
+        devices: list[str | None] = [gpu for _ in range(cells_per_gpu) for gpu in gpus] if gpus else []
+        if workers is not None:
+            if workers < 1:
+                raise HarnessError(f"--workers must be at least 1, got {workers}")
+            devices = [gpus[i % len(gpus)] for i in range(workers)] if gpus else [None] * workers
+        elif not gpus:
+            devices = [None] * cells_per_gpu
+        self.slots = len(devices)
+        # CPU threads per worker: the cores shared out, unless OMP_NUM_THREADS says otherwise
+        threads = os.environ.get("OMP_NUM_THREADS", "")
+        self._threads = int(threads) if threads.isdigit() else max(1, (os.cpu_count() or 1) // self.slots)
+        self._context = multiprocessing.get_context("spawn")
+        self._results = self._context.Queue()
+        self._workers = [_Worker(index, device) for index, device in enumerate(devices)]
+
+    def submit(self, cell: Cell, options: CellOptions) -> None:
+        worker = next(w for w in self._workers if w.cell is None)
+        if worker.process is None or not worker.process.is_alive():
+            self._start(worker)
+        worker.cell = cell
+        worker.inbox.put((cell, options))
+
+    def wait(self, timeout: float) -> list[Finished]:
+        finished = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                index, rows, meta = self._results.get(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+            except queue.Empty:
+                pass
+            else:
+                worker = self._workers[index]
+                finished.append((worker.cell, rows, meta))
+                worker.cell = None
+                continue
+            for worker in self._workers:
+                if worker.cell is not None and not worker.process.is_alive():
+                    # its result may still be in the queue if it put it just before dying
+                    try:
+                        index, rows, meta = self._results.get(timeout=0.5)
+                        finished.append((self._workers[index].cell, rows, meta))
+                        self._workers[index].cell = None
+                        continue
+                    except queue.Empty:
+                        pass
+                    code = worker.process.exitcode
+                    cause = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+                    message = f"worker process died while running the cell ({cause})"
+                    finished.append((worker.cell, failed_rows(worker.cell, message), {}))
+                    worker.cell = None
+            if finished or time.monotonic() >= deadline:
+                return finished
+
+    def close(self) -> None:
+        for worker in self._workers:
+            if worker.process is not None and worker.process.is_alive():
+                if worker.cell is None:
+                    worker.inbox.put(None)
+                    worker.process.join(timeout=5)
+                if worker.process.is_alive():
+                    worker.process.terminate()
+                    worker.process.join(timeout=5)
+
+    def _start(self, worker: _Worker) -> None:
+        worker.inbox = self._context.Queue()
+        worker.process = self._context.Process(
+            target=_pool_worker,
+            args=(
+                worker.index,
+                worker.device,
+                self._threads,
+                worker.inbox,
+                self._results,
+                os.getpid(),
+                loaded_modules(),
+            ),
+            daemon=True,
+            name=f"harness-worker-{worker.index}",
+        )
+        worker.process.start()
+
+
+class _Worker:
+    def __init__(self, index: int, device: str | None):
+        self.index, self.device = index, device
+        self.process: Any = None
+        self.inbox: Any = None
+        self.cell: Cell | None = None
+
+
+def _pool_worker(index, device, threads, inbox, results, parent_pid, plugins) -> None:
+    if device is not None:
+        # before anything touches CUDA: this worker sees its one GPU as cuda:0
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+    os.environ["TQDM_DISABLE"] = "1"  # the sweep prints a line per finished cell instead
+    _exit_with_parent(parent_pid)
+    load_plugins(plugins)
+    torch.set_num_threads(threads)
+    while (job := inbox.get()) is not None:
+        cell, options = job
+        rows, meta = run_cell(cell, options)
+        results.put((index, rows, meta))
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """Exit as soon as the sweep process is gone (e.g. killed), so that no orphan keeps training."""
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
+@LAUNCHERS.register("ray")
+class Ray:
+    """Cells as Ray tasks: 1/cells_per_gpu of a GPU each where the cluster has GPUs, else one CPU each."""
+
+    def __init__(self, options: LaunchOptions | None = None):
+        options = options or LaunchOptions()
+        address, cells_per_gpu, workers = options.ray_address, options.cells_per_gpu, options.workers
+        try:
+            import ray  # optional: only --launcher ray needs it
+        except ImportError:
+            raise HarnessError("--launcher ray needs Ray installed: pip install ray") from None
+        self._ray = ray
+        if not ray.is_initialized():
+            # a local instance (address None) gets as many CPUs as --workers asks, else all of this machine's
+            ray.init(
+                address=address,
+                num_cpus=workers if address is None else None,
+                include_dashboard=False,
+                log_to_driver=False,
+            )
+        resources = ray.cluster_resources()
+        gpus = int(resources.get("GPU", 0))
+        if gpus:
+            options = dict(num_gpus=1 / cells_per_gpu, num_cpus=1)
+            self.slots = gpus * cells_per_gpu
+        else:
+            options = dict(num_cpus=1)
+            self.slots = max(1, int(resources.get("CPU", 1)))
+        self._task = ray.remote(_ray_run_cell).options(**options, max_retries=0)
+        self._pending: dict[Any, Cell] = {}
+
+    def submit(self, cell: Cell, options: CellOptions) -> None:
+        self._pending[self._task.remote(cell, options, loaded_modules())] = cell
+
+    def wait(self, timeout: float) -> list[Finished]:
+        if not self._pending:
+            return []
+        ready, _ = self._ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        finished = []
+        for ref in ready:
+            cell = self._pending.pop(ref)
+            try:
+                rows, meta = self._ray.get(ref)
+            except Exception as err:  # noqa: BLE001 - a lost task is a failed cell, the sweep goes on
+                message = f"Ray task failed: {type(err).__name__}: {err}".splitlines()[0][:500]
+                rows, meta = failed_rows(cell, message), {}
+            finished.append((cell, rows, meta))
+        return finished
+
+    def close(self) -> None:
+        for ref in self._pending:
+            self._ray.cancel(ref, force=True)
+        self._pending.clear()
+        self._ray.shutdown()
+
+
+def _ray_run_cell(cell: Cell, options: CellOptions, plugins: list[str]):
+    os.environ["TQDM_DISABLE"] = "1"
+    load_plugins(plugins)
+    return run_cell(cell, options)
+
+
+def make_launcher(name: str, options: LaunchOptions | None = None) -> Launcher:
+    """The launcher a name on the command line stands for (unknown name: a one-line error)."""
+    return LAUNCHERS.get(name)(options)

@@ -1,0 +1,229 @@
+"""Expand `models x suite` into cells (model x task setting x lr x seed), skip the ones already in the store,
+run the rest through a launcher (in this process, a local pool over GPUs, or Ray)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from harness.config import apply_override, config_hash, parse_assignment, to_dict
+from harness.errors import HarnessError
+from harness.registry import MIXERS, SUITES, TASKS
+from harness.results.store import Lease, ResultStore, atomic_write
+from harness.run.cell import Cell, CellOptions
+from harness.run.launchers import InProcess, Launcher
+from harness.run.sizing import SizeMatch, match_size
+from harness.run.train import Checkpointing, TrainConfig
+from models.presets import build_model_config, parse_architecture, split_model_token
+from tasks.suites import Suite
+
+SECTIONS = ("model", "task", "train")
+
+
+def plan_cells(
+    models: Sequence[str],
+    suite_name: str,
+    scale: str | None = None,
+    overrides: Sequence[str] = (),
+    seeds: Sequence[int] | None = None,
+    lrs: Sequence[float] | None = None,
+    match: SizeMatch | None = None,
+) -> list[Cell]:
+    """Every cell of the run, fully resolved and validated; raises HarnessError before anything is trained.
+
+    `lrs` and `seeds` replace the grid of the suite at its scale (a `--set train.lr=` override pins every
+    cell to one lr, and the grid collapses to it)."""
+    suite: Suite = SUITES.get(suite_name)
+    scale = scale or next(iter(suite.scales))
+    setting = suite.at(scale, suite_name)
+    if not models:
+        raise HarnessError("no models given; e.g. --models kda,gdn,mamba2,mla")
+    if lrs is not None and (not lrs or min(lrs) <= 0):
+        raise HarnessError(f"learning rates must be positive, got {', '.join(map(str, lrs)) or 'none'}")
+    if seeds is not None and not seeds:
+        raise HarnessError("no seeds given")
+    for token in models:
+        parse_architecture(split_model_token(token, setting.model_size)[0])
+    assignments = [parse_assignment(text) for text in overrides]
+    for path, _ in assignments:
+        if path[0] not in SECTIONS:
+            raise HarnessError(f"--set {'.'.join(path)}: settings start with one of {', '.join(SECTIONS)}")
+    _check_mixer_overrides(assignments, models, setting.model_size)
+
+    cells: dict[str, Cell] = {}
+    for task_name, task_config in setting.tasks:
+        task = TASKS.get(task_name)()
+        task_config = _apply(task_config, assignments, "task")
+        task.validate(task_config)
+        for token in models:
+            arch, size = split_model_token(token, setting.model_size)
+            vocab_size = task.vocab_size(task_config)
+            if match is None:
+                model = build_model_config(token, setting.model_size, vocab_size=vocab_size)
+            else:
+                model = match_size(token, setting.model_size, vocab_size, match).config
+                size += match.label
+            model = _apply(model, assignments, "model")
+            for lr in lrs if lrs is not None else setting.lrs:
+                train = _apply(
+                    dataclasses.replace(TrainConfig(), **setting.train, lr=lr), assignments, "train"
+                )
+                for seed in seeds if seeds is not None else setting.seeds:
+                    cell = Cell(
+                        suite=suite_name,
+                        scale=scale,
+                        model_name=arch,
+                        size=size,
+                        model=model,
+                        task_name=task_name,
+                        task=task_config,
+                        train=train,
+                        seed=seed,
+                    )
+                    cells.setdefault(cell.id, cell)  # an override can make two grid points the same cell
+    return list(cells.values())
+
+
+def _apply(config, assignments, section: str):
+    for path, value in assignments:
+        if path[0] != section:
+            continue
+        rest = path[1:]
+        if section == "model" and rest[0] in MIXERS:
+            # model.kda.num_heads=4 addresses the kda config of models that have kda layers
+            if rest[0] not in config.mixers:
+                continue
+            rest = ("mixers", *rest)
+        config = apply_override(config, rest, value, full_key=".".join(path))
+    return config
+
+
+def _check_mixer_overrides(assignments, models, size) -> None:
+    used = {name for token in models for name in build_model_config(token, size, vocab_size=2).layers}
+    for path, _ in assignments:
+        if path[0] == "model" and len(path) > 2 and path[1] in MIXERS and path[1] not in used:
+            raise HarnessError(f"--set {'.'.join(path)}: no model of this run has a {path[1]} layer")
+
+
+def run_cells(
+    cells: Sequence[Cell],
+    store: ResultStore,
+    on_done: Callable[[Cell, list[dict]], None] | None = None,
+    launcher: Launcher | None = None,
+    checkpoint_every: Every | None = None,
+    poll_s: float = 1.0,
+    checkpoints: Path | None = None,
+    tensorboard: bool = False,
+    on_wait: Callable[[list[Cell]], None] | None = None,
+) -> tuple[int, int]:
+    """Run the cells that are not in the store yet; returns (ran, skipped).
+
+    Each cell runs under its lease (see results.py), so a killed sweep resumes where it stopped, and two sweeps
+    on one store never run the same cell: cells another live process holds are waited for, and taken over if
+    that process dies (`on_wait` hears of them once). Long cells save checkpoints `checkpoint_every` (steps or
+    seconds) and resume from them. With `checkpoints`, each cell run saves its trained model as a transformers
+    checkpoint under checkpoints/<cell id>/; with `tensorboard`, its training curve goes to
+    STORE/tensorboard/<cell id>/.
+    """
+    launcher = launcher or InProcess()
+    store.tidy()
+    record_plan(store, cells)
+    done = store.done()
+    todo = [cell for cell in cells if cell.id not in done]
+    ran, skipped = 0, len(cells) - len(todo)
+    leases: dict[str, Lease] = {}
+    told = False
+    try:
+        while todo or leases:
+            waiting = []
+            for cell in todo:
+                if len(leases) >= launcher.slots:
+                    waiting.append(cell)
+                elif store.has(cell.id):
+                    skipped += 1  # finished meanwhile by another sweep on this store
+                elif (lease := store.lease(cell.id, label=cell.label)) is None:
+                    waiting.append(cell)  # another live process runs it
+                elif store.has(cell.id):
+                    lease.release()
+                    skipped += 1
+                else:
+                    leases[cell.id] = lease
+                    launcher.submit(cell, _options(store, cell, checkpoint_every, checkpoints, tensorboard))
+            todo = waiting
+            if not leases:
+                if on_wait and not told:
+                    on_wait(todo)
+                    told = True
+                time.sleep(poll_s)
+                continue
+            for cell, rows, meta in launcher.wait(timeout=poll_s):
+                store.write(cell.id, rows, dict(config=to_dict(cell), label=cell.label, **meta))
+                leases.pop(cell.id).release()
+                ran += 1
+                if on_done:
+                    on_done(cell, rows)
+    finally:
+        launcher.close()
+        for lease in leases.values():
+            lease.release(remove=False)
+    return ran, skipped
+
+
+@dataclasses.dataclass(frozen=True)
+class Every:
+    """How often long cells save a checkpoint: every `steps` optimizer steps or every `seconds` of training."""
+
+    steps: int | None = None
+    seconds: float | None = None
+
+    @classmethod
+    def parse(cls, text: str) -> Every | None:
+        """'500' (steps), '30s', '10m', '1h' (time); '0' or 'off': never."""
+        text = text.strip().lower()
+        units = {"s": 1, "m": 60, "h": 3600}
+        try:
+            if text in ("0", "off", "never", "none"):
+                return None
+            if text[-1:] in units:
+                return cls(seconds=float(text[:-1]) * units[text[-1]])
+            return cls(steps=int(text))
+        except ValueError:
+            raise HarnessError(
+                f"--checkpoint-every expects steps (500), a time (30s, 10m, 1h) or off, got '{text}'"
+            ) from None
+
+
+def _options(
+    store: ResultStore, cell: Cell, every: Every | None, checkpoints: Path | None, tensorboard: bool
+) -> CellOptions:
+    checkpointing = (
+        None
+        if every is None
+        else Checkpointing(store.checkpoint_path(cell.id), every_steps=every.steps, every_s=every.seconds)
+    )
+    return CellOptions(
+        checkpointing=checkpointing,
+        save_dir=None if checkpoints is None else checkpoints / cell.id,
+        log_dir=store.root / "tensorboard" / cell.id if tensorboard else None,
+    )
+
+
+def record_plan(store: ResultStore, cells: Sequence[Cell]) -> Path:
+    """Write the sweep's cell list under sweeps/ (once; the same cells make the same sweep id)."""
+    ids = sorted(cell.id for cell in cells)
+    sweep_id = config_hash(ids)[:12]
+    path = store.root / "sweeps" / f"{sweep_id}.json"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        plan = dict(
+            id=sweep_id,
+            created=time.time(),
+            suites=sorted({cell.suite for cell in cells}),
+            models=list(dict.fromkeys(cell.model_name for cell in cells)),
+            cells={cell.id: cell.label for cell in cells},
+        )
+        atomic_write(path, json.dumps(plan, indent=1))
+    return path

@@ -1,0 +1,312 @@
+"""Training of one model on one task's data: AdamW, warmup + cosine (or warmup-stable-decay), gradient clipping,
+early stop on held-out validation accuracy, bf16 autocast on CUDA, a progress bar, and mid-training checkpoints
+that a killed run resumes from (on the CPU the resumed run ends exactly as an uninterrupted one)."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from harness.config import ADDED_LATER
+from harness.errors import HarnessError
+from harness.results.store import atomic_write
+from harness.run.device import autocast_dtype, peak_memory_gib
+from harness.run.evaluate import evaluate
+from tasks.base import IGNORE, Slice, TrainingStream
+
+SCHEDULES = ("cosine", "wsd")
+# History fields that measure the machine, not the training: they differ between two runs of the same cell.
+MACHINE_FIELDS = ("tokens_per_s", "peak_memory_gib")
+
+
+def training_curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A history without its MACHINE_FIELDS: what a resumed run must reproduce exactly."""
+    return [{k: v for k, v in point.items() if k not in MACHINE_FIELDS} for point in history]
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    lr: float = 1e-3
+    """Peak learning rate."""
+    weight_decay: float = 0.1
+    """AdamW weight decay on matrices (not on norms, biases, embeddings or gate parameters)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    warmup_steps: int = 100
+    """Linear warmup from 0 to lr."""
+    min_lr_ratio: float = 0.1
+    """The schedule ends at lr * min_lr_ratio at max_steps."""
+    schedule: str = field(default="cosine", metadata=ADDED_LATER)
+    """After warmup: 'cosine' (decay over all remaining steps) or 'wsd' (warmup-stable-decay: constant lr, then a
+    linear decay over the last `decay_fraction` of the steps)."""
+    decay_fraction: float = field(default=0.2, metadata=ADDED_LATER)
+    """Share of max_steps that the 'wsd' schedule spends decaying."""
+    max_steps: int = 2000
+    """Optimizer steps unless early stopping ends training first."""
+    batch_size: int = 64
+    """Sequences per step."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this (0 disables)."""
+    eval_every: int = 200
+    """Steps between validation evaluations (and early-stop checks)."""
+    target_accuracy: float | None = 0.99
+    """Stop once mean validation accuracy over slices reaches this; None trains for max_steps."""
+    eval_batch_size: int = 256
+    """Sequences per evaluation batch."""
+    device: str = "auto"
+    """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
+    dtype: str = "bf16"
+    """Autocast dtype on CUDA: 'bf16', 'fp16' or 'fp32'. CPU always trains in fp32."""
+
+    def __post_init__(self):
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if not 0 < self.decay_fraction <= 1:
+            raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+
+
+@dataclass
+class TrainResult:
+    steps: int = 0
+    tokens_seen: int = 0
+    diverged: bool = False
+    wall_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    """Training loss summed over the steps since the last history point (kept here so that a checkpoint has it)."""
+
+
+def require_tensorboard() -> None:
+    """Raise a one-line HarnessError when the tensorboard package is missing (logging is optional)."""
+    try:
+        import torch.utils.tensorboard  # noqa: F401  (optional: only --tensorboard needs it)
+    except ImportError:
+        raise HarnessError(
+            "TensorBoard logging needs the tensorboard package: pip install tensorboard (or run without --tensorboard)"
+        ) from None
+
+
+def tensorboard_writer(log_dir: Path):
+    """A TensorBoard SummaryWriter writing to `log_dir`."""
+    require_tensorboard()
+    from torch.utils.tensorboard import SummaryWriter  # optional dependency, checked above
+
+    return SummaryWriter(log_dir=str(log_dir))
+
+
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where and how often `train` saves its state. Not part of a cell's config: it changes no result."""
+
+    path: Path
+    """The checkpoint file (written atomically; resumed from when present)."""
+    every_steps: int | None = None
+    """Save every this many optimizer steps."""
+    every_s: float | None = 600.0
+    """Save when this many seconds of training passed since the last save (long cells only)."""
+
+    def due(self, step: int, since_save_s: float) -> bool:
+        by_steps = self.every_steps is not None and step % self.every_steps == 0
+        by_time = self.every_s is not None and since_save_s >= self.every_s
+        return by_steps or by_time
+
+
+def train(
+    model: nn.Module,
+    train_slices: Sequence[Slice] | TrainingStream,
+    valid_slices: list[Slice],
+    config: TrainConfig,
+    seed: int,
+    device: torch.device,
+    description: str = "",
+    checkpointing: Checkpointing | None = None,
+    log_dir: Path | None = None,
+) -> TrainResult:
+    """Train in place; returns step count, tokens seen, divergence and the validation history.
+
+    Every `eval_every` steps the history gets one point: step, tokens, mean training loss since the last point,
+    validation loss and accuracy (means over slices), the current lr, training throughput since the last point
+    (tokens/s, evaluation excluded) and peak memory so far (GiB: CUDA allocations, or the process's RSS on a CPU). With `log_dir`, the same goes to
+    TensorBoard. With `checkpointing`, the model, optimizer, schedule, RNG states, step and history are saved now
+    and then, and a run that finds a checkpoint continues from it (the batch order is replayed from the seed).
+    """
+    result = TrainResult()
+    writer = tensorboard_writer(log_dir) if log_dir is not None else None
+    start = time.perf_counter()
+    model.to(device).train()
+    optimizer = make_optimizer(model, config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
+    first = 1
+    if checkpointing is not None and checkpointing.path.exists():
+        first = load_checkpoint(checkpointing.path, model, optimizer, schedule, result, device) + 1
+    if hasattr(train_slices, "batches"):  # a TrainingStream
+        batches = train_slices.batches(config.batch_size, seed, skip=first - 1)
+    else:
+        batches = batch_stream(train_slices, config.batch_size, seed, skip=first - 1)
+    amp = autocast_dtype(config.dtype, device)
+    bar = tqdm(
+        total=config.max_steps,
+        initial=first - 1,
+        desc=description,
+        unit="step",
+        mininterval=1.0,
+        dynamic_ncols=True,
+    )
+    last_save = time.perf_counter()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    window_start, window_tokens = time.perf_counter(), 0
+    for step in range(first, config.max_steps + 1):
+        inputs, labels, segments = (
+            None if t is None else torch.as_tensor(t).to(device, non_blocking=True) for t in next(batches)
+        )
+        with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            logits = model(inputs) if segments is None else model(inputs, segment_ids=segments)
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE)
+        if not torch.isfinite(loss):
+            result.diverged = True
+            bar.set_postfix_str("diverged: non-finite loss")
+            break
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        schedule.step()
+        result.steps = step
+        result.tokens_seen += inputs.numel()
+        window_tokens += inputs.numel()
+        result.loss_sum, result.loss_count = result.loss_sum + loss.item(), result.loss_count + 1
+        bar.update(1)
+        if step % config.eval_every == 0 or step == config.max_steps:
+            tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+            metrics = evaluate(model, valid_slices, config, device)
+            point = dict(
+                step=step,
+                tokens=result.tokens_seen,
+                train_loss=result.loss_sum / result.loss_count,
+                valid_loss=float(np.nanmean([m["loss"] for m in metrics.values()])),
+                valid_accuracy=float(np.nanmean([m["accuracy"] for m in metrics.values()])),
+                current_lr=schedule.get_last_lr()[0],
+                tokens_per_s=tokens_per_s,
+                peak_memory_gib=peak_memory_gib(device),
+            )
+            result.history.append(point)
+            result.loss_sum, result.loss_count = 0.0, 0
+            if writer is not None:
+                for key in ("train_loss", "valid_loss", "valid_accuracy", "current_lr", "tokens_per_s"):
+                    writer.add_scalar(key, point[key], step)
+                writer.flush()
+            accuracy = point["valid_accuracy"]
+            bar.set_postfix(loss=f"{point['train_loss']:.3f}", valid_acc=f"{accuracy:.3f}")
+            model.train()
+            window_start, window_tokens = time.perf_counter(), 0
+            if config.target_accuracy is not None and accuracy >= config.target_accuracy:
+                break
+        if checkpointing is not None and checkpointing.due(step, time.perf_counter() - last_save):
+            result.wall_s += time.perf_counter() - start
+            start = last_save = time.perf_counter()
+            save_checkpoint(checkpointing.path, model, optimizer, schedule, result)
+    bar.close()
+    if writer is not None:
+        writer.close()
+    result.wall_s += time.perf_counter() - start
+    return result
+
+
+def save_checkpoint(path: Path, model: nn.Module, optimizer, schedule, result: TrainResult) -> None:
+    """Everything `train` needs to continue after `result.steps` steps, written atomically."""
+    state = dict(
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        schedule=schedule.state_dict(),
+        result=dict(vars(result)),
+        torch_rng=torch.get_rng_state(),
+        cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, schedule, result: TrainResult, device) -> int:
+    """Restore a checkpoint written by `save_checkpoint`; returns the step it was taken after."""
+    state = torch.load(path, map_location=device, weights_only=False)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    for key, value in state["result"].items():
+        setattr(result, key, value)
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    return result.steps
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for param in model.parameters():
+        # Matrices decay; vectors (norm weights, biases), embeddings and flagged gate parameters do not.
+        flagged = getattr(param, "_no_weight_decay", False)
+        (decay if param.dim() >= 2 and not flagged else no_decay).append(param)
+    embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
+    no_decay += [p for p in decay if id(p) in embeddings]
+    decay = [p for p in decay if id(p) not in embeddings]
+    groups = [dict(params=decay, weight_decay=config.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
+
+
+def lr_factor(step: int, config: TrainConfig) -> float:
+    """Linear warmup to 1, then cosine decay to min_lr_ratio at max_steps ('cosine'), or constant until the last
+    decay_fraction of the steps and a linear decay to min_lr_ratio over them ('wsd')."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    floor = config.min_lr_ratio
+    if config.schedule == "wsd":
+        decay_start = max(
+            config.warmup_steps, config.max_steps - round(config.decay_fraction * config.max_steps)
+        )
+        progress = min(1.0, max(0, step - decay_start) / max(1, config.max_steps - decay_start))
+        return 1 - (1 - floor) * progress
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.max_steps - config.warmup_steps))
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def batch_stream(slices: list[Slice], batch_size: int, seed: int, skip: int = 0):
+    """Endless shuffled batches; each batch comes from one slice, so no padding is needed for mixed lengths.
+    The first `skip` batches are passed over without being built (to resume at a step)."""
+    rng = np.random.default_rng(seed)
+    data = [
+        (
+            torch.from_numpy(s.inputs),
+            torch.from_numpy(s.labels),
+            None if s.segments is None else torch.from_numpy(s.segments),
+        )
+        for s in slices
+    ]
+    while True:
+        epoch = []
+        for index, (inputs, _, _) in enumerate(data):
+            order = rng.permutation(len(inputs))
+            epoch += [
+                (index, order[i : i + batch_size]) for i in range(0, len(order) - batch_size + 1, batch_size)
+            ]
+        if not epoch:
+            raise ValueError(f"no slice holds a full batch of {batch_size} training examples")
+        for position in rng.permutation(len(epoch)):
+            if skip:
+                skip -= 1
+                continue
+            index, rows = epoch[position]
+            inputs, labels, segments = data[index]
+            yield inputs[rows], labels[rows], None if segments is None else segments[rows]

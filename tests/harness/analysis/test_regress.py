@@ -1,0 +1,65 @@
+"""`harness regress`: verdicts from the baseline's seed spread, and a sabotaged mixer is caught end to end."""
+
+import dataclasses
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch.nn.functional as F
+
+import tasks  # noqa: F401 - registers the suites
+from harness.analysis.regress import Tolerance, compare, regress
+from harness.registry import SUITES
+
+BASELINE = Path(__file__).parents[3] / "results" / "smoke-cpu"
+
+
+def rows(values, model="kda", slice_="seq_len=64", metric="accuracy", status="ok"):
+    return pd.DataFrame(
+        [dict(model=model, task="mqar", task_setting="", slice=slice_, metric=metric, value=v, seed=i,
+              higher_is_better=metric != "loss", status=status) for i, v in enumerate(values)]
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "candidate,verdict",
+    [(0.90, "ok"), (0.86, "ok"), (0.84, "REGRESSED"), (0.99, "better"), (None, "MISSING")],
+)
+def test_verdict_follows_the_seed_spread(candidate, verdict):
+    baseline = rows([0.88, 0.90, 0.92])  # mean 0.90, std 0.02: bound 0.90 - max(2 * 0.02, 0.01) = 0.86
+    got = rows([0.0]).iloc[0:0] if candidate is None else rows([candidate])
+    table = compare(baseline, got, ["accuracy"], Tolerance(k=2, min_tolerance=0.01))
+    assert table["verdict"].tolist() == [verdict]
+    assert table["bound"].iloc[0] == pytest.approx(0.86)
+
+
+def test_min_tolerance_and_lower_is_better():
+    baseline = rows([1.0, 1.0], metric="loss")  # no spread: the floor applies, upwards for a loss
+    table = compare(baseline, rows([1.04], metric="loss"), ["loss"], Tolerance(k=3, min_tolerance=0.03))
+    assert table["verdict"].tolist() == ["REGRESSED"] and table["bound"].iloc[0] == pytest.approx(1.03)
+
+
+def test_a_failed_candidate_cell_counts_as_missing():
+    table = compare(rows([0.9, 0.9]), rows([None], status="failed"), ["accuracy"], Tolerance())
+    assert table["verdict"].tolist() == ["MISSING"]
+
+
+def test_sabotaged_attention_fails_the_regression_check(tmp_path, monkeypatch):
+    """Zero MLA's queries (uniform causal attention: it can no longer look a key up): regress must fail on it.
+    The intact code passing is CI's own `harness regress` run (scripts/test.sh)."""
+    attention = F.scaled_dot_product_attention
+
+    def sabotaged(q, k, v, *args, **kwargs):
+        return attention(q * 0, k, v, *args, **kwargs)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", sabotaged)
+    # Cap training at 400 steps (the sabotaged model would use all 1500): intact MLA reaches the smoke target by
+    # step 300 with the baseline's lr and seed, so the cap changes nothing for the code under test but CI time.
+    smoke = SUITES.get("smoke").scales
+    monkeypatch.setitem(
+        smoke, "tiny", dataclasses.replace(smoke["tiny"], train={**smoke["tiny"].train, "max_steps": 400})
+    )
+    passed, text, table = regress(BASELINE, tmp_path / "candidate", models=["mla"])
+    print(text)
+    assert not passed and set(table["verdict"]) == {"REGRESSED"}, text
+    assert "REGRESSED" in text and "| mla " in text

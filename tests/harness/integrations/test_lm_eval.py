@@ -1,0 +1,122 @@
+"""lm-eval end to end: a tiny model trained on a synthetic task is saved, reloaded with AutoModelForCausalLM and
+scored by lm-eval's own command line on its exported test slices; the score is the harness's own accuracy on the
+same examples. `harness eval` writes the same numbers as rows of the results store."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import harness.integrations.hf_model  # noqa: F401  (registers harness_lm)
+from harness.integrations.lm_eval_scoring import evaluate_checkpoint
+from harness.registry import TASKS
+from harness.results.schema import COLUMNS
+from harness.results.store import ResultStore
+from harness.run.export import export_suite
+from harness.run.sweep import plan_cells, run_cells
+from tasks.base import word_level_tokenizer as build_tokenizer
+
+TRAIN = [
+    "train.max_steps=40", "train.eval_every=40", "train.batch_size=16", "task.num_train=960", "task.num_test=16",
+]  # fmt: skip
+OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    (cell,) = plan_cells(["mla"], "smoke", overrides=TRAIN, lrs=[3e-3])
+    store = ResultStore(out)
+    run_cells([cell], store, checkpoints=out / "checkpoints")
+    rows = store.read()
+    assert set(rows["status"]) == {"ok"}, rows["error"].tolist()
+    return out, out / "checkpoints" / cell.id, rows
+
+
+def harness_accuracy(rows):
+    accuracy = rows[rows["metric"] == "accuracy"]
+    return {r.slice: (r.value, r.n) for r in accuracy.itertuples()}
+
+
+def test_lm_eval_cli_scores_the_checkpoint_as_the_harness_does(trained, tmp_path):
+    _, checkpoint, rows = trained
+    assert type(AutoModelForCausalLM.from_pretrained(checkpoint)).__name__ == "HarnessForCausalLM"
+    command = [
+        sys.executable, "-m", "harness.integrations.lm_eval_cli", "--model", "hf", "--model_args", f"pretrained={checkpoint}",
+        "--tasks", "harness_mqar", "--include_path", str(checkpoint / "lm_eval_tasks"), "--device", "cpu",
+        "--batch_size", "32", "--output_path", str(tmp_path),
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=OFFLINE, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "harness_mqar__seq_len_64_pairs_4" in result.stdout
+    (path,) = tmp_path.rglob("results*.json")
+    scored = json.loads(path.read_text())
+    harness_side = harness_accuracy(rows)
+    assert len(harness_side) == 2
+    for name, measured in scored["results"].items():
+        if name == "harness_mqar":
+            continue
+        slice_name = scored["configs"][name]["metadata"]["slice"]
+        value, n = harness_side[slice_name]
+        # one document per scored answer token; lm-eval's acc (greedy continuation) is the harness's accuracy
+        assert scored["n-samples"][name]["effective"] == n
+        assert measured["acc,none"] == pytest.approx(value, abs=1e-9), slice_name
+    assert 0 < scored["results"]["harness_mqar"]["acc,none"] <= 1
+
+
+def test_harness_eval_appends_tidy_rows(trained):
+    out, checkpoint, train_rows = trained
+    store = ResultStore(out)
+    run_id, rows = evaluate_checkpoint(checkpoint, ["harness_mqar"], store, batch_size=32)
+    frame = store.read()
+    mine = frame[frame["run_id"] == run_id]
+    assert len(mine) == len(rows) == 3  # the group and its two slices
+    assert list(frame.columns[: len(COLUMNS)]) == COLUMNS
+    assert set(mine["suite"]) == {"lm-eval"} and set(mine["metric"]) == {"acc"}
+    assert set(mine["task_version"]) == {"1"} and set(mine["num_fewshot"]) == {0}
+    assert mine["stderr"].notna().all() and (mine["status"] == "ok").all()
+    assert set(mine["model"]) == {"mla"} and set(mine["layers"]) == {"mla,mla"}
+    assert set(mine["trained_run_id"]) == set(train_rows["run_id"])
+    by_slice = {r.slice: r.value for r in mine.itertuples() if isinstance(r.slice, str)}
+    assert by_slice == pytest.approx({k: v for k, (v, _) in harness_accuracy(train_rows).items()})
+    # evaluating again finds the run in the store
+    assert evaluate_checkpoint(checkpoint, ["harness_mqar"], store)[1] == []
+
+
+def test_checkpoint_tokenizer_reads_the_exported_documents(trained):
+    _, checkpoint, _ = trained
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    lines = (checkpoint / "lm_eval_tasks" / "harness_mqar__seq_len_64_pairs_2.jsonl").read_text().splitlines()
+    doc = json.loads(lines[0])
+    ids = tokenizer(doc["context"] + " " + doc["target"])["input_ids"]
+    assert len(ids) == doc["position"] + 2 and max(ids) < tokenizer.eos_token_id
+
+
+def test_every_registered_task_exports(tmp_path):
+    exported = {}
+    for suite in ("smoke", "recall", "localization", "reasoning", "lm"):
+        for group, config in export_suite(suite, "tiny", tmp_path / suite).items():
+            exported[group] = (suite, config)
+    tasks = {name.replace("-", "_") for name in TASKS.names()}
+    assert {f"harness_{name}" for name in tasks} <= set(exported)
+    for group, (suite, config) in exported.items():
+        if suite == "lm":  # held-out documents of the corpus, scored as perplexity
+            spec = json.loads((tmp_path / suite / f"{group}.yaml").read_text())
+            assert spec["output_type"] == "loglikelihood_rolling"
+            texts = Path(spec["dataset_kwargs"]["data_files"]["test"]).read_text().splitlines()
+            assert len(texts) == config.lm_eval_documents and all(json.loads(t)["text"] for t in texts)
+            continue
+        task_name = json.loads((tmp_path / suite / f"{group}.yaml").read_text())["task"][0]
+        task_yaml = json.loads((tmp_path / suite / f"{task_name}.yaml").read_text())
+        words = TASKS.get(task_yaml["metadata"]["harness_task"])().vocabulary(config)
+        tokenizer = build_tokenizer(words)
+        data = Path(task_yaml["dataset_kwargs"]["data_files"]["test"])
+        doc = json.loads(data.read_text().splitlines()[0])
+        ids = tokenizer(doc["context"] + " " + doc["target"])["input_ids"]
+        assert len(ids) == doc["position"] + 2, group
+        assert torch.tensor(ids).max() < len(words)

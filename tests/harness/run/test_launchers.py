@@ -1,0 +1,80 @@
+"""Launchers: the pool's GPU packing, and a small sweep through Ray on a local instance with the same results as
+in-process. (The pool's results are compared with an in-process run in test_kill.py.)"""
+
+import os
+import signal
+
+import pytest
+import torch
+
+import models.presets  # noqa: F401
+import tasks  # noqa: F401
+from harness.errors import HarnessError
+from harness.results.store import ResultStore
+from harness.run.launchers import LaunchOptions, Pool, make_launcher, visible_gpus
+from harness.run.sweep import run_cells
+from tests.harness.run.sweeps import comparable, small_cells
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as every Ray task (Ray sets OMP_NUM_THREADS=1 per one-CPU task)
+    store = ResultStore(tmp_path_factory.mktemp("reference"))
+    cells = small_cells(lrs=(1e-3, 3e-3), seeds=(0,))
+    run_cells(cells, store)
+    torch.set_num_threads(threads)
+    return cells, store
+
+
+def rows_by_cell(store):
+    frame = store.read()
+    return {run_id: comparable(group.to_dict("records")) for run_id, group in frame.groupby("run_id")}
+
+
+def test_visible_gpus_follow_cuda_visible_devices(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    assert visible_gpus() == ["2", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []
+
+
+def test_pool_packs_cells_per_gpu_and_falls_back_to_cpu_workers(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    pool = Pool(LaunchOptions(cells_per_gpu=3))
+    assert pool.slots == 6 and [w.device for w in pool._workers] == ["0", "1"] * 3
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert Pool(LaunchOptions(workers=2)).slots == 2
+    with pytest.raises(HarnessError, match="unknown launcher 'slurm'"):
+        make_launcher("slurm")
+
+
+@pytest.mark.slow
+def test_ray_on_a_local_instance_equals_in_process(tmp_path, reference):
+    pytest.importorskip("ray", reason="Ray is not installed (pip install ray)")
+    cells, expected = reference
+    store = ResultStore(tmp_path)
+    launcher = make_launcher("ray", LaunchOptions(workers=2))  # a local instance with 2 CPUs
+    assert launcher.slots == 2
+    ran, _ = run_cells(cells, store, launcher=launcher)
+    assert ran == len(cells)
+    assert rows_by_cell(store) == rows_by_cell(expected)
+    assert not list(store.cells.glob("*.lock")) and os.path.isdir(store.root / "sweeps")
+
+
+@pytest.mark.slow
+def test_a_pool_worker_that_dies_under_a_cell_makes_it_a_failed_row(monkeypatch):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    pool = Pool(LaunchOptions(workers=1))
+    cell = small_cells(lrs=(3e-3,), extra=("train.max_steps=100000",))[0]
+    try:
+        pool.submit(cell, None)
+        worker = pool._workers[0]
+        os.kill(worker.process.pid, signal.SIGKILL)
+        worker.process.join(timeout=30)
+        (finished,) = pool.wait(timeout=10)
+        assert finished[0] is cell and finished[1][0]["status"] == "failed"
+        assert finished[1][0]["error"] == "worker process died while running the cell (signal 9)"
+        assert worker.cell is None
+    finally:
+        pool.close()
