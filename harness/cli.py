@@ -19,6 +19,7 @@ The commands import what they need when they run (torch, transformers, lm-eval t
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -127,7 +128,7 @@ def run(
     from harness.run.grid import Grid, load_grid
     from harness.run.launchers import LaunchOptions, make_launcher
     from harness.run.sizing import SizeMatch, parse_count
-    from harness.run.sweep import Every, plan_cells, run_cells
+    from harness.run.sweep import Every, plan_cells, run_cells, same_model_warnings
 
     spec = (load_grid(grid) if grid else Grid()).merged(
         models=tuple(_split(models)) if models else None,
@@ -146,6 +147,8 @@ def run(
     match = SizeMatch(params=parse_count(spec.params), tolerance=spec.tolerance) if spec.params else None
     cells = plan_cells(list(spec.models), spec.suite, spec.scale, spec.set, spec.seeds, spec.lrs, match)
     every = Every.parse(checkpoint_every)
+    for warning in sorted(same_model_warnings(cells)):
+        typer.echo(f"warning: {warning}", err=True)
     store = ResultStore(out)
     if match is not None:
         _echo_sizes(cells, match)
@@ -257,17 +260,30 @@ def report(
         bool,
         typer.Option(
             "--figures/--no-figures",
-            help="Draw accuracy vs length and vs state size, needle heatmaps, training curves (PNG).",
+            help="Draw accuracy vs length and vs state size, needle heatmaps, training curves.",
         ),
     ] = True,
+    report_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for the CSVs and figures; default OUT/report (tables only if not writable)."
+        ),
+    ] = None,
+    figure_formats: Annotated[
+        str, typer.Option(help="Comma-separated formats of every figure: png, pdf, svg.")
+    ] = "png,pdf",
 ) -> None:
-    """Pivot tables (model x slice at the best lr, mean ± 95% interval over seeds) and figures of a results store,
-    written under OUT/report/."""
+    """Pivot tables (one row per trained configuration x slice, at its best lr: mean ± 95% interval over seeds)
+    and figures of a results store. The store itself is only read."""
+    _load_plugins()
     from harness.analysis.report import write_report
     from harness.results.store import ResultStore
 
     if not (out / "cells").is_dir():
         raise HarnessError(f"no results store at {out}/ (run `harness run` first, or pass --out)")
+    formats = tuple(_split(figure_formats))
+    if bad := [f for f in formats if f not in ("png", "pdf", "svg")]:
+        raise HarnessError(f"--figure-formats: unknown format '{bad[0]}'; choose from png, pdf, svg")
     store = ResultStore(out)
     rows = store.read()
     if suite:
@@ -278,7 +294,50 @@ def report(
     missing = [m for m in (metric or "").split(",") if m and m not in known]
     if known and missing:
         raise HarnessError(f"no metric '{missing[0]}' in {out}/; it has: {', '.join(sorted(known))}")
-    typer.echo(write_report(rows, store, out / "report", suite or "all", metric, figures))
+    directory, note = _report_dir(out, report_dir)
+    typer.echo(write_report(rows, store, directory, suite or "all", metric, figures, formats=formats))
+    if note:
+        typer.echo(note)
+
+
+def _report_dir(out: Path, given: Path | None) -> tuple[Path | None, str]:
+    """Where the report's files go: the folder given (it must be writable), else OUT/report when the store is
+    writable, else nowhere (tables are printed; a note says how to get the files)."""
+    if given is not None:
+        given.mkdir(parents=True, exist_ok=True)
+        if not os.access(given, os.W_OK):
+            raise HarnessError(f"--report-dir {given} is not writable; name a folder you can write to")
+        return given, ""
+    default = out / "report"
+    writable = os.access(default, os.W_OK) if default.exists() else os.access(out, os.W_OK)
+    if writable:
+        return default, ""
+    return (
+        None,
+        f"(no files written: {default} is not writable; pass --report-dir DIR for the CSVs and figures)",
+    )
+
+
+@app.command()
+def export(
+    store_dir: Annotated[Path, typer.Option("--store", help="The results store to read.")] = Path("runs"),
+    out: Annotated[Path, typer.Option("--out", help="Folder for rows.<format> and curves.<format>.")] = Path(
+        "export"
+    ),
+    format_: Annotated[str, typer.Option("--format", help="parquet or csv.")] = "parquet",
+) -> None:
+    """Write a store's raw rows (one tidy row per measurement, every column, setting_id filled in) and its
+    training curves as parquet or CSV: the table to load into pandas, polars, R or a spreadsheet."""
+    _load_plugins()
+    from harness.analysis.export import export_store
+    from harness.results.store import ResultStore
+
+    if format_ not in ("parquet", "csv"):
+        raise HarnessError(f"--format must be parquet or csv, got '{format_}'")
+    if not (store_dir / "cells").is_dir():
+        raise HarnessError(f"no results store at {store_dir}/ (pass --store)")
+    for path, count in export_store(ResultStore(store_dir), out, format_).items():
+        typer.echo(f"{path}  ({count} rows)")
 
 
 @app.command()

@@ -128,6 +128,15 @@ def to_dict(config: Any, for_hash: bool = False) -> Any:
 ADDED_LATER = {"hash_when_default": False}
 
 
+def without_added_defaults(view: dict[str, Any], cls: type) -> dict[str, Any]:
+    """A stored view of a `cls` config (to_dict) less its ADDED_LATER fields that hold their default: the same
+    for a view stored before such a field existed and one stored after, as config_hash sees them."""
+    added = [f for f in dataclasses.fields(cls) if f.metadata.get("hash_when_default", True) is False]
+    return {
+        k: v for k, v in view.items() if not any(f.name == k and v == to_dict(_default(f)) for f in added)
+    }
+
+
 def config_hash(config: Any) -> str:
     """Content hash of a config: equal configs, equal hashes, whatever the construction order."""
     text = json.dumps(to_dict(config, for_hash=True), sort_keys=True, default=str)

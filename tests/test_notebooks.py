@@ -5,6 +5,7 @@ from pathlib import Path
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("*.ipynb"))
 
@@ -29,3 +30,20 @@ def test_notebook_runs_top_to_bottom(path):
     ).execute()
     images = sum("image/png" in o.get("data", {}) for c in book.cells for o in c.get("outputs", []))
     assert images >= 1
+
+
+def test_a_notebook_runs_from_any_folder(tmp_path):
+    book = nbformat.read(NOTEBOOKS[0].parent / "kimi_synthetic.ipynb", as_version=4)
+    NotebookClient(
+        book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    assert sum("image/png" in o.get("data", {}) for c in book.cells for o in c.get("outputs", [])) >= 1
+
+
+def test_a_notebook_without_a_store_says_where_it_looked(tmp_path, monkeypatch):
+    monkeypatch.setenv("HARNESS_RESULTS", str(tmp_path / "nowhere"))
+    book = nbformat.read(NOTEBOOKS[0].parent / "overview.ipynb", as_version=4)
+    with pytest.raises(CellExecutionError, match="HARNESS_RESULTS names no results store at .*nowhere"):
+        NotebookClient(
+            book, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()

@@ -15,7 +15,7 @@ def task_label(task: str, setting: object) -> str:
 def slice_sort_key(name: str) -> tuple:
     """'seq_len=64,pairs=8' sorts by (64, 8): numbers in the order they appear, numerically."""
     name = name if isinstance(name, str) else ""  # rows without a slice (lm-eval scores) have NaN there
-    return tuple(float(x) for x in re.findall(r"=(-?[\d.]+)", name)), name
+    return tuple(float(x) for x in re.findall(r"[=(,](-?\d+(?:\.\d+)?)", name)), name
 
 
 def format_mean_ci(mean: float, ci95: float) -> str:
@@ -30,3 +30,110 @@ def human(n: float) -> str:
         if abs(n) >= size:
             return f"{n / size:.3g}{unit}"
     return str(int(n))
+
+
+def base_label(model: object, preset: object) -> str:
+    """'kda' at size 'kimi-synth' -> 'kda@kimi-synth'; just the model where there is no size (lm-eval rows of
+    other models)."""
+    return f"{model}" if not isinstance(preset, str) or not preset else f"{model}@{preset}"
+
+
+def flatten(view: object, prefix: str = "") -> dict[str, object]:
+    """{'train': {'lr': 1e-3}} -> {'train.lr': 1e-3}; lists as tuples (hashable, comparable)."""
+    if isinstance(view, dict):
+        flat: dict[str, object] = {}
+        for key, value in view.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: tuple(view) if isinstance(view, list) else view}
+
+
+# Keys of a cell's config that are not part of its setting (they vary inside one row of a table), and the ones
+# its label shows already.
+_NOT_SETTING = {"seed", "train.lr"}
+_IN_LABEL = {"model_name", "size"}
+
+
+def setting_columns(rows: pd.DataFrame, configs: dict[str, dict]) -> tuple[pd.Series, pd.Series]:
+    """(task_variant, label) of every row, from the stored config view of one cell per setting_id (`configs`).
+
+    task_variant: where one table (suite, scale, task, task_setting) holds several configs of the task (the kimi
+    suite trains one model per length), the task settings in which they differ ('train_lengths=(256)'): the
+    report makes a table of each. label: ARCH@SIZE, and where two configurations of one table still share that,
+    the other settings in which they differ ('kda@tiny [train.max_steps=100]'); '#<setting id>' where a
+    configuration's config is unknown."""
+    base = pd.Series(
+        [base_label(m, p) for m, p in zip(rows["model"], rows["preset"], strict=True)], index=rows.index
+    )
+    variant = pd.Series("", index=rows.index)
+    table = _join(rows[["suite", "scale", "task", "task_setting", "task_version"]])
+    for _, members in rows.groupby(table, sort=False):
+        ids = [s for s in dict.fromkeys(members["setting_id"]) if s in configs]
+        tasks = {s: flatten(configs[s].get("task", {})) for s in ids}
+        differing = _differing(tasks)
+        if differing:
+            for setting_id in ids:
+                text = ", ".join(f"{k}={_short(tasks[setting_id].get(k))}" for k in differing)
+                variant.loc[members.index[members["setting_id"] == setting_id]] = text
+    labels = base.copy()
+    keys = table + "|" + variant + "|" + base
+    for _, members in rows.groupby(keys, sort=False):
+        ids = list(dict.fromkeys(members["setting_id"]))
+        if len(ids) < 2:
+            continue
+        suffixes = _distinguishing(ids, configs)
+        for setting_id in ids:
+            where = members.index[members["setting_id"] == setting_id]
+            labels.loc[where] = base.loc[where] + f" [{suffixes[setting_id]}]"
+    return variant, labels
+
+
+def _join(frame: pd.DataFrame) -> pd.Series:
+    """One text key per row from several columns (missing values as '')."""
+    return frame.apply(lambda row: "|".join("" if pd.isna(v) else str(v) for v in row), axis=1).astype(object)
+
+
+def _differing(flat: dict[str, dict[str, object]]) -> list[str]:
+    """The keys whose values are not the same in all of `flat`'s views."""
+    if len(flat) < 2:
+        return []
+    keys = sorted(set().union(*flat.values()))
+    return [k for k in keys if len({repr(view.get(k)) for view in flat.values()}) > 1]
+
+
+def _distinguishing(ids: list[str], configs: dict[str, dict]) -> dict[str, str]:
+    """For configurations that share a label: the settings whose values differ between them, per setting id."""
+    if any(setting_id not in configs for setting_id in ids):
+        return {setting_id: f"#{setting_id[:8]}" for setting_id in ids}
+    flat = {
+        s: {k: v for k, v in flatten(configs[s]).items() if k not in _NOT_SETTING | _IN_LABEL} for s in ids
+    }
+    differing = _differing(flat)
+    return {s: ", ".join(f"{k}={_short(flat[s].get(k))}" for k in differing) or f"#{s[:8]}" for s in ids}
+
+
+def _short(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple | list):
+        return "(" + ",".join(_short(v) for v in value) + ")"
+    return str(value)
+
+
+def same_model_warnings(configs: dict[str, dict], rows: pd.DataFrame) -> list[str]:
+    """'kimi@tiny and kda:mla=1:1@tiny are one model trained twice': configurations that differ only in the
+    name they were given."""
+    groups: dict[str, list[str]] = {}
+    for setting_id, view in configs.items():
+        blind = {k: v for k, v in flatten(view).items() if k not in _NOT_SETTING | {"model_name"}}
+        groups.setdefault(repr(sorted(blind.items(), key=lambda kv: kv[0])), []).append(setting_id)
+    label_of = dict(zip(rows["setting_id"], rows["label"], strict=True)) if "label" in rows else {}
+    warnings = []
+    for ids in groups.values():
+        names = sorted({label_of.get(s, s) for s in ids})
+        if len(names) > 1:
+            task = configs[ids[0]].get("task_name", "?")
+            warnings.append(
+                f"{' and '.join(names)} are the same model (identical configs) on {task}: trained twice"
+            )
+    return warnings

@@ -60,6 +60,11 @@ def evaluate_checkpoint(
         dict(checkpoint=str(checkpoint), trained=provenance.get("cell_id"), tasks=sorted(tasks),
              num_fewshot=num_fewshot, limit=limit, lm_eval=lm_eval.__version__)
     )  # fmt: skip
+    # the checkpoints of one trained configuration (its seeds) scored the same way share a setting
+    setting_id = config_hash(
+        dict(trained=(provenance.get("row") or {}).get("setting_id") or str(checkpoint), tasks=sorted(tasks),
+             num_fewshot=num_fewshot, limit=limit, lm_eval=lm_eval.__version__)
+    )  # fmt: skip
     if store is not None and store.has(run_id):
         return run_id, []
     manager = TaskManager(include_path=paths or None)
@@ -80,6 +85,7 @@ def evaluate_checkpoint(
         task_manager=manager,
     )
     rows = result_rows(results, run_id, provenance, device, wall_s=time.perf_counter() - start)
+    rows = [dict(row, setting_id=setting_id) for row in rows]
     if store is not None:
         store.write(run_id, rows, dict(checkpoint=str(checkpoint), tasks=tasks, lm_eval=lm_eval.__version__))
     return run_id, rows

@@ -1,7 +1,7 @@
 """The tidy row: one measurement with everything needed to tell where it came from. Every row of a store, from a
 trained cell or from `harness eval`, is a `Row`; readers get the same columns from every cell.
 
-    what was measured      run_id, suite, scale, task, task_version, task_setting, num_fewshot, slice, metric,
+    what was measured      run_id, setting_id, suite, scale, task, task_version, task_setting, num_fewshot, slice, metric,
                            value, higher_is_better, n, stderr
     what was trained       seed, model, preset, layers, params, non_embedding_params, state_size, lr, steps,
                            tokens_seen
@@ -23,6 +23,9 @@ STATUSES = ("ok", "diverged", "oom", "failed")
 class Row:
     run_id: str
     """The cell's id (hash of its config), or the id of an lm-eval run."""
+    setting_id: str | None = None
+    """The id of the trained configuration: the cell's config less seed and lr (rows of its seeds and lrs share
+    it; a report row is one setting_id). None in rows written before it existed: readers derive it."""
     suite: str | None = None
     scale: str | None = None
     task: str | None = None

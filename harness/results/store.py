@@ -145,20 +145,31 @@ class ResultStore:
                 frame[column] = None
         return frame[COLUMNS + [c for c in frame.columns if c not in COLUMNS]]
 
-    def read_curves(self, rows: pd.DataFrame) -> pd.DataFrame:
+    def read_meta(self, run_id: str) -> dict[str, Any]:
+        """What cells/<run_id>.json holds: the cell's config, label, training history and notes ({} if absent)."""
+        path = self.cells / f"{run_id}.json"
+        if not path.exists():
+            return {}
+        try:
+            meta = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise HarnessError(
+                f"unreadable cell file {path}; move it out of the store and rerun its cell"
+            ) from None
+        if not isinstance(meta, dict):
+            raise HarnessError(
+                f"cell file {path} holds no JSON object; move it out of the store and rerun its cell"
+            )
+        return meta
+
+    def read_curves(self, rows: pd.DataFrame, keys: tuple[str, ...] = ()) -> pd.DataFrame:
         """The training curves of the cells in `rows`: one row per history point (step, tokens, train_loss,
-        valid_accuracy, ...) with the cell's run_id, model, task, task_setting, lr and seed."""
-        keys = ["run_id", "model", "task", "task_setting", "lr", "seed"]
+        valid_accuracy, ...) with the cell's run_id, model, task, task_setting, lr, seed and the `keys` columns."""
+        keys = list(dict.fromkeys(["run_id", "model", "task", "task_setting", "lr", "seed", *keys]))
         cells = rows[keys].drop_duplicates("run_id")
         points = []
         for cell in cells.itertuples(index=False):
-            path = self.cells / f"{cell.run_id}.json"
-            try:
-                history = json.loads(path.read_text()).get("history", [])
-            except (OSError, json.JSONDecodeError):
-                raise HarnessError(
-                    f"unreadable cell file {path}; move it out of the store and rerun its cell"
-                ) from None
+            history = self.read_meta(cell.run_id).get("history", [])
             points += [dict(cell._asdict(), **point) for point in history]
         frame = pd.DataFrame.from_records(points)
         for column in keys + ["step", "tokens", "train_loss", "valid_accuracy"]:
@@ -182,11 +193,18 @@ class Lease:
         self.handle.close()
 
 
+# the process's umask, read once (os.umask can only be read by setting it)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, content: str | bytes | Callable[[IO[bytes]], None]) -> None:
     """Write `content` (text, bytes, or a function that writes to a binary file) to `path` all or nothing."""
     # the cell id leads the temporary name (.<id>.<suffix>.<random>.tmp): a new lease holder removes its leftovers
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file private (0600); a store is shared, so give it the permissions of any new file
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             if callable(content):
                 content(f)

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.config import config_hash
+from harness.config import config_hash, to_dict, without_added_defaults
 from harness.registry import TASKS
 from harness.results.metrics import AUXILIARY, METRICS, SLICE_METRICS
 from harness.results.provenance import device_name, git_state, library_versions
@@ -48,8 +48,15 @@ class Cell:
         return config_hash(self)
 
     @property
+    def setting_id(self) -> str:
+        """The id of what the cell trains, less its seed and lr: the cells of one trained configuration over a
+        grid of seeds and lrs share it, and a report row is one setting_id."""
+        return setting_id_of(to_dict(self))
+
+    @property
     def label(self) -> str:
-        return f"{self.model_name} · {self.task_name} · lr={self.train.lr:g} · seed={self.seed}"
+        """'kda@tiny · mqar · lr=0.003 · seed=0': how progress lines, plans and TensorBoard name the cell."""
+        return f"{self.model_name}@{self.size} · {self.task_name} · lr={self.train.lr:g} · seed={self.seed}"
 
 
 @dataclass(frozen=True)
@@ -114,12 +121,26 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
     return [row.with_(wall_s=wall).to_dict() for row in rows], meta
 
 
+def setting_id_of(view: dict[str, Any]) -> str:
+    """The setting id of a cell from its stored config view (`to_dict(cell)`, as in cells/<id>.json): the hash of
+    everything but the seed and the lr, fields added to the configs since the view was stored ignored at their
+    defaults (harness.config.ADDED_LATER), so that old and new stores agree."""
+    train = without_added_defaults({k: v for k, v in view["train"].items() if k != "lr"}, TrainConfig)
+    task_config = TASKS.get(view["task_name"]).Config if view["task_name"] in TASKS else None
+    task = without_added_defaults(view["task"], task_config) if task_config else view["task"]
+    model = without_added_defaults(view["model"], ModelConfig)
+    return config_hash(
+        {**{k: v for k, v in view.items() if k != "seed"}, "train": train, "task": task, "model": model}
+    )
+
+
 def cell_row(cell: Cell) -> Row:
     """The columns every row of a cell shares, before it has run."""
     commit, dirty = git_state()
     task_cls = TASKS.get(cell.task_name)
     return Row(
         run_id=cell.id,
+        setting_id=cell.setting_id,
         suite=cell.suite,
         scale=cell.scale,
         task=cell.task_name,

@@ -87,6 +87,23 @@ def plan_cells(
     return list(cells.values())
 
 
+def same_model_warnings(cells: Sequence[Cell]) -> list[str]:
+    """'kimi@tiny and kda:mla=1:1@tiny are the same model': names of a run whose cells train identical
+    configurations (everything but the name equal), so that the comparison holds one model twice."""
+    names: dict[str, list[str]] = {}
+    for cell in cells:
+        view = to_dict(cell)
+        view.pop("model_name")
+        key = json.dumps(view, sort_keys=True, default=str)
+        label = f"{cell.model_name}@{cell.size}"
+        if label not in names.setdefault(key, []):
+            names[key].append(label)
+    alike = {tuple(labels) for labels in names.values() if len(labels) > 1}
+    return [
+        f"{' and '.join(labels)} are the same model (identical configs): each is trained" for labels in alike
+    ]
+
+
 def _apply(config, assignments, section: str):
     for path, value in assignments:
         if path[0] != section:

@@ -31,7 +31,7 @@ def test_run_writes_tidy_rows_and_prints_the_table(finished_run):
     out, result = finished_run
     assert "3 cell(s) run, 0 already" in result.stdout
     for model in ("kda", "mla", "kimi"):
-        assert f"| {model} " in result.stdout
+        assert f"| {model}@tiny " in result.stdout
     cells = sorted((out / "cells").glob("*.jsonl"))
     assert len(cells) == 3
     rows = pd.concat(pd.read_json(path, lines=True) for path in cells)
@@ -58,7 +58,7 @@ def test_report_reads_the_store(finished_run):
     out, _ = finished_run
     result = harness("report", "--out", str(out), "--metric", "accuracy", cwd=out)
     assert result.returncode == 0, result.stderr
-    assert "| mla " in result.stdout and "sequence_accuracy" not in result.stdout
+    assert "| mla@tiny " in result.stdout and "sequence_accuracy" not in result.stdout
 
 
 @pytest.mark.parametrize(

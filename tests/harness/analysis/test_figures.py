@@ -1,10 +1,13 @@
 """Figures are drawn from the best-lr table: files appear when the data allow, and nothing when they do not."""
 
 import pandas as pd
+import pytest
 
 from harness.analysis.figures import (
     accuracy_vs_length,
     accuracy_vs_state,
+    length_figure,
+    length_panels,
     needle_heatmaps,
     slice_value,
     training_curves,
@@ -68,3 +71,58 @@ def test_loss_by_position_and_perplexity_figures_from_the_committed_lm_run(tmp_p
     assert path is not None and path.stat().st_size > 10_000
     assert accuracy_vs_length(best, tmp_path / "ppl.png", "perplexity").exists()
     assert loss_by_position(best[best["metric"] != "loss_by_position"], tmp_path / "none.png") is None
+
+
+def grid_best(settings):
+    """Best-lr rows of kda and mla on mqar slices named by (seq_len, pairs) settings, two seeds each."""
+    records = [
+        dict(run_id=f"{model}{seed}", suite="s", scale="tiny", task="mqar", task_version="1", task_setting="",
+             slice=f"seq_len={L},pairs={N}", metric="accuracy", value=base - L / 4096 - N / 256 + 0.01 * seed,
+             higher_is_better=True, seed=seed, model=model, preset="tiny", params=100, state_size=64, lr=1e-3,
+             steps=5, kernel_impl="x", status="ok")
+        for model, base in (("kda", 0.9), ("mla", 0.6)) for L, N in settings for seed in (0, 1)
+    ]  # fmt: skip
+    return best_lr(summarize(pd.DataFrame(records)))
+
+
+def drawn_points(fig) -> list[tuple[float, float]]:
+    return sorted(
+        (round(float(y), 6), round(float(x), 6))
+        for ax in fig.axes
+        for container in ax.containers
+        for x, y in zip(*container.lines[0].get_data(), strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "settings, panels, style",
+    [
+        ([(L, N) for L in (64, 128, 256) for N in (2, 4)], 1, "pairs"),  # crossed, few values: line styles
+        ([(L, N) for L in (64, 128) for N in (1, 2, 3, 4, 5, 6)], 6, None),  # crossed, many: a panel each
+        (
+            [(64, 4), (128, 8), (512, 32), (512, 64)],
+            1,
+            None,
+        ),  # pairs change with length: slices on the x axis
+    ],
+)
+def test_no_slice_dimension_is_averaged_into_a_point(settings, panels, style):
+    best = grid_best(settings)
+    planned = length_panels(best.assign(seq_len=best["slice"].map(lambda s: slice_value(s, "seq_len"))))
+    assert len(planned) == panels and planned[0].style_key == style
+    assert planned[0].categorical == (settings[-1] == (512, 64))
+    fig = length_figure(best)
+    # every point drawn is one (configuration, slice) of the table, with its own mean: nothing pooled
+    assert len(drawn_points(fig)) == len(best)
+    assert sorted(round(m, 6) for m in best["mean"]) == [y for y, _ in drawn_points(fig)]
+    assert len(fig.legends) == 1  # one legend for the whole figure
+
+
+def test_figures_are_written_in_every_format_asked(tmp_path):
+    path = accuracy_vs_length(
+        grid_best([(64, 2), (128, 2)]), tmp_path / "f.png", formats=("png", "pdf", "svg")
+    )
+    assert path == tmp_path / "f.png" and path.read_bytes()[:8] == PNG
+    assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-" and b"<svg" in (tmp_path / "f.svg").read_bytes()[
+        :500
+    ]
