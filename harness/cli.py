@@ -348,7 +348,12 @@ def regress(
     out: Annotated[
         Path | None, typer.Option("--out", help="Where the rerun goes; default runs/regress/<UTC time>.")
     ] = None,
-    models: Annotated[str | None, typer.Option("--models", "-m", help="Only these models.")] = None,
+    models: Annotated[
+        str | None,
+        typer.Option(
+            "--models", "-m", help="Only these: labels (mla@zoology-128) or architectures (mla: every size)."
+        ),
+    ] = None,
     metrics: Annotated[str, typer.Option(help="Comma-separated metrics to compare.")] = "accuracy",
     k: Annotated[float, typer.Option(help="Allowed drop in baseline seed standard deviations.")] = 3.0,
     min_tolerance: Annotated[float, typer.Option(help="Allowed drop at least this (absolute).")] = 0.03,
@@ -356,8 +361,12 @@ def regress(
     workers: Annotated[
         int | None, typer.Option(help="Run the cells in this many processes at once (CPU cores shared out).")
     ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Change the rerun cells, e.g. train.max_steps=400.")
+    ] = None,
 ) -> None:
-    """Rerun a baseline's cells and fail (exit 1) with a table when a metric drops beyond its tolerance."""
+    """Rerun a baseline's configurations (from their stored configs) and fail (exit 1) with a table when a metric
+    drops beyond its tolerance."""
     _load_plugins()
     import time
 
@@ -373,6 +382,7 @@ def regress(
         Tolerance(k, min_tolerance),
         device,
         workers,
+        tuple(set_ or []),
     )
     out.mkdir(parents=True, exist_ok=True)
     table.to_csv(out / "regress.csv", index=False)

@@ -128,6 +128,32 @@ def to_dict(config: Any, for_hash: bool = False) -> Any:
 ADDED_LATER = {"hash_when_default": False}
 
 
+def from_view(cls: type, view: dict[str, Any], **built: Any) -> Any:
+    """The `cls` config dataclass a JSON view (to_dict) describes: lists back to tuples, nested dataclasses by their
+    type hints; `built` gives fields already made (e.g. a dict of configs whose classes the hints do not say).
+    Fields the view lacks (added since it was stored) take their defaults; one the class does not have is an
+    error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    if unknown := set(view) - names:
+        raise HarnessError(
+            f"a stored {cls.__name__} has settings this version does not know: {sorted(unknown)}"
+        )
+    fields = {key: _value(value, hints[key]) for key, value in view.items() if key not in built}
+    return cls(**fields, **built)
+
+
+def _value(value: Any, annotation: Any) -> Any:
+    options = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType) and len(options) == 1:
+        annotation = options[0]
+    if isinstance(value, dict) and dataclasses.is_dataclass(annotation):
+        return from_view(annotation, value)
+    if isinstance(value, list):
+        return tuple(_value(v, Any) for v in value)
+    return value
+
+
 def without_added_defaults(view: dict[str, Any], cls: type) -> dict[str, Any]:
     """A stored view of a `cls` config (to_dict) less its ADDED_LATER fields that hold their default: the same
     for a view stored before such a field existed and one stored after, as config_hash sees them."""

@@ -205,6 +205,17 @@ class LanguageModel(nn.Module):
     ) -> Tensor:  # (B, T) -> (B, T, vocab)
         """Logits. With a cache, continue from it (and update it); attention_mask (B, past + T): 1 real, 0 pad.
         segment_ids (B, T): documents packed into a row, kept apart (see the module docstring)."""
+        return self.lm_head(self.hidden_states(input_ids, cache, attention_mask, segment_ids))
+
+    def hidden_states(
+        self,
+        input_ids: Tensor,
+        cache: ModelCache | None = None,
+        attention_mask: Tensor | None = None,
+        segment_ids: Tensor | None = None,
+    ) -> Tensor:  # (B, T) -> (B, T, D)
+        """The final normalised hidden states, before the LM head: what scoring a few positions needs (the head
+        over every position of a long batch is most of the memory of an evaluation)."""
         if segment_ids is not None:
             if cache is not None or attention_mask is not None:
                 raise ValueError(
@@ -221,7 +232,7 @@ class LanguageModel(nn.Module):
             x = block(x, None if cache is None else cache.layers[i], attention_mask)
         if cache is not None:
             cache.seen_tokens += input_ids.shape[1]
-        return self.lm_head(self.norm(x))
+        return self.norm(x)
 
     def new_cache(self) -> ModelCache:
         return ModelCache(len(self.blocks))
@@ -248,8 +259,8 @@ class LanguageModel(nn.Module):
 
 
 def per_document(model: LanguageModel, input_ids: Tensor, segment_ids: Tensor) -> Tensor:
-    """model(input_ids) with every document of the packed rows run as its own sequence (right-padded to the
-    longest; a causal model's outputs do not see pads that come after them), put back in place."""
+    """model.hidden_states(input_ids) with every document of the packed rows run as its own sequence (right-padded
+    to the longest; a causal model's outputs do not see pads that come after them), put back in place."""
     B, T = input_ids.shape
     flat_starts = PackedDocuments(segment_ids).cu_seqlens.tolist()
     pieces = list(zip(flat_starts[:-1], flat_starts[1:], strict=True))
@@ -258,5 +269,5 @@ def per_document(model: LanguageModel, input_ids: Tensor, segment_ids: Tensor) -
     docs = flat_ids.new_zeros(len(pieces), longest)
     for i, (start, end) in enumerate(pieces):
         docs[i, : end - start] = flat_ids[start:end]
-    logits = model(docs)
-    return torch.cat([logits[i, : end - start] for i, (start, end) in enumerate(pieces)]).view(B, T, -1)
+    hidden = model.hidden_states(docs)
+    return torch.cat([hidden[i, : end - start] for i, (start, end) in enumerate(pieces)]).view(B, T, -1)

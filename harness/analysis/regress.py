@@ -1,9 +1,12 @@
 """Regression check on small models: rerun the cells of a committed baseline store and compare metric by metric.
 
-The baseline (e.g. `results/smoke-cpu/`) holds the smoke suite run over its lr grid with several seeds. A candidate
-run repeats, for each model, the baseline's best lr (as `harness report` chooses it) with the baseline's first seed. A metric regresses when it falls below the baseline's mean by more than its
-tolerance, k standard deviations of the baseline's seed-to-seed spread, but at least `min_tolerance` (with 2-3
-seeds the spread can be nearly zero, and CPU numerics differ a little between machines and library versions).
+The baseline (e.g. `results/smoke-cpu/`) holds a suite run over its lr grid with several seeds. A candidate run
+repeats, for each configuration (a report row: ARCH@SIZE and its settings), the baseline's best lr (as `harness
+report` chooses it) with the baseline's first seed, rebuilt from the config stored with the baseline's cell: the
+same cell, run by the current code, optionally on another device. A metric regresses when it falls below the
+baseline's mean by more than its tolerance, k standard deviations of the baseline's seed-to-seed spread, but at
+least `min_tolerance` (with 2-3 seeds the spread can be nearly zero, and CPU numerics differ a little between
+machines and library versions).
 Improvements pass. A cell of the baseline that is missing or did not finish in the candidate fails.
 """
 
@@ -15,11 +18,12 @@ from pathlib import Path
 import pandas as pd
 
 from harness.analysis.labels import task_label
-from harness.analysis.report import best_lr, summarize
+from harness.analysis.report import best_lr, prepare, summarize
 from harness.errors import HarnessError
 from harness.results.store import ResultStore
+from harness.run.cell import Cell
 from harness.run.launchers import LaunchOptions, make_launcher
-from harness.run.sweep import plan_cells, run_cells
+from harness.run.sweep import override_cell, run_cells
 
 KEYS = ["model", "task", "task_setting", "slice", "metric"]
 
@@ -99,37 +103,57 @@ def regress(
     tolerance: Tolerance = Tolerance(),
     device: str = "cpu",
     workers: int | None = None,
+    overrides: tuple[str, ...] = (),
 ) -> tuple[bool, str, pd.DataFrame]:
-    """Rerun the baseline's cells (first seed, chosen models) into `out`, compare. Returns (passed, text, table).
-    With `workers`, the cells run in that many processes at once (the pool launcher), else one after another."""
-    baseline = baseline_rows(baseline_dir)
-    known = list(dict.fromkeys(baseline["model"]))
-    models = models or known
-    if unknown := [m for m in models if m not in known]:
-        raise HarnessError(f"the baseline has no model {', '.join(unknown)}; it has: {', '.join(known)}")
-    best = best_lr(summarize(baseline[baseline["model"].isin(models)]))
-    best_lrs = best[best["metric"] == metrics[0]].groupby("model")["lr"].first()
-    baseline = baseline[baseline["model"].map(best_lrs) == baseline["lr"]]
+    """Rerun the baseline's configurations (each at its best lr, the first seed, rebuilt from the config stored in
+    the baseline: the same cells, run by this code) into `out`, compare. `models`: labels (mla@zoology-128) or
+    architectures (mla: all its sizes); default all. Returns (passed, text, table). With `workers`, the cells run
+    in that many processes at once (the pool launcher; on a GPU they share it), else one after another.
+    `overrides` (--set style) change the rebuilt cells, e.g. a cap on steps that the baseline's cells stayed under."""
+    store = ResultStore(baseline_dir)
+    baseline = prepare(baseline_rows(baseline_dir), store)
+    known = list(dict.fromkeys(baseline["label"]))
+    if models:
+        unknown = [m for m in models if m not in known and m not in set(baseline["model"])]
+        if unknown:
+            raise HarnessError(f"the baseline has no model {', '.join(unknown)}; it has: {', '.join(known)}")
+        baseline = baseline[baseline["label"].isin(models) | baseline["model"].isin(models)]
+    best = best_lr(summarize(baseline))
+    best_lrs = best[best["metric"] == metrics[0]].groupby("setting_id")["lr"].first()
+    baseline = baseline[baseline["setting_id"].map(best_lrs) == baseline["lr"]]
     seed = int(baseline["seed"].min())
     suite, scale = baseline["suite"].iloc[0], baseline["scale"].iloc[0]
-    # longest cells first (the baseline's steps), so that parallel workers finish together
-    steps = baseline.groupby("model")["steps"].mean()
-    cells = [
-        cell
-        for model in sorted(models, key=lambda m: -steps[m])
-        for cell in plan_cells(
-            [model], suite, scale, [f"train.device={device}"], [seed], lrs=[float(best_lrs[model])]
-        )
-    ]
-    store = ResultStore(out)
+    # one cell per configuration: its first seed at its best lr, longest first (by the baseline's steps), so that
+    # parallel workers finish together
+    firsts = (
+        baseline[baseline["seed"] == seed].sort_values("steps", ascending=False).drop_duplicates("setting_id")
+    )
+    cells, label_of = [], {}
+    for run_id, label in zip(firsts["run_id"], firsts["label"], strict=True):
+        view = store.read_meta(run_id).get("config")
+        if not view:
+            raise HarnessError(
+                f"baseline cell {run_id} has no stored config in {baseline_dir}/cells/{run_id}.json"
+            )
+        cell = override_cell(Cell.from_view(view), [f"train.device={device}", *overrides])
+        cells.append(cell)
+        label_of[cell.id] = label
     launcher = None if workers is None else make_launcher("pool", LaunchOptions(workers=workers))
-    run_cells(cells, store, launcher=launcher)
-    candidate = store.read()
-    candidate = candidate[candidate["run_id"].isin({c.id for c in cells})]
-    table = compare(baseline, candidate, list(metrics), tolerance)
+    run_cells(cells, ResultStore(out), launcher=launcher)
+    candidate = ResultStore(out).read()
+    candidate = candidate[candidate["run_id"].isin(label_of)]
+    # compare configuration by configuration: both sides keyed by the baseline's label
+    table = compare(
+        baseline.assign(model=baseline["label"]),
+        candidate.assign(model=candidate["run_id"].map(label_of)),
+        list(metrics),
+        tolerance,
+    )
     passed = bool((table["verdict"].isin(["ok", "better"])).all())
-    head = (
-        f"regression check of {', '.join(f'{m} (lr {best_lrs[m]:g})' for m in models)} on {suite}/{scale}, seed {seed},"
-        f" against {baseline_dir}/: " + ("PASSED" if passed else "FAILED")
+    chosen = ", ".join(
+        f"{label} (lr {lr:g})" for label, lr in zip(firsts["label"], firsts["lr"], strict=True)
+    )
+    head = f"regression check of {chosen} on {suite}/{scale}, seed {seed}, against {baseline_dir}/: " + (
+        "PASSED" if passed else "FAILED"
     )
     return passed, head + "\n\n" + render(table), table

@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from harness.config import config_hash, to_dict, without_added_defaults
-from harness.registry import TASKS
+from harness.config import config_hash, from_view, to_dict, without_added_defaults
+from harness.registry import MIXERS, TASKS
 from harness.results.metrics import AUXILIARY, METRICS, SLICE_METRICS
 from harness.results.provenance import device_name, git_state, library_versions
 from harness.results.schema import Row
@@ -52,6 +52,26 @@ class Cell:
         """The id of what the cell trains, less its seed and lr: the cells of one trained configuration over a
         grid of seeds and lrs share it, and a report row is one setting_id."""
         return setting_id_of(to_dict(self))
+
+    @classmethod
+    def from_view(cls, view: dict[str, Any]) -> Cell:
+        """The cell a stored config view describes (`to_dict(cell)`, as in cells/<id>.json): the same cell, the
+        same id (fields added to the configs since take their defaults, as ADDED_LATER keeps ids)."""
+        mixers = {
+            name: from_view(MIXERS.get(name).Config, fields)
+            for name, fields in view["model"]["mixers"].items()
+        }
+        return cls(
+            suite=view["suite"],
+            scale=view["scale"],
+            model_name=view["model_name"],
+            size=view["size"],
+            model=from_view(ModelConfig, view["model"], mixers=mixers),
+            task_name=view["task_name"],
+            task=from_view(TASKS.get(view["task_name"]).Config, view["task"]),
+            train=from_view(TrainConfig, view["train"]),
+            seed=view["seed"],
+        )
 
     @property
     def label(self) -> str:

@@ -104,6 +104,20 @@ def same_model_warnings(cells: Sequence[Cell]) -> list[str]:
     ]
 
 
+def override_cell(cell: Cell, overrides: Sequence[str]) -> Cell:
+    """`cell` with --set style overrides (train.device=cuda, train.max_steps=400) applied to its configs."""
+    assignments = [parse_assignment(text) for text in overrides]
+    for path, _ in assignments:
+        if path[0] not in SECTIONS:
+            raise HarnessError(f"--set {'.'.join(path)}: settings start with one of {', '.join(SECTIONS)}")
+    return dataclasses.replace(
+        cell,
+        model=_apply(cell.model, assignments, "model"),
+        task=_apply(cell.task, assignments, "task"),
+        train=_apply(cell.train, assignments, "train"),
+    )
+
+
 def _apply(config, assignments, section: str):
     for path, value in assignments:
         if path[0] != section:

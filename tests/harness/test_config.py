@@ -90,3 +90,18 @@ def test_fields_added_later_keep_old_hashes_while_at_their_default():
     }
     assert config_hash(TrainConfig()) == config_hash(old_fields)
     assert config_hash(TrainConfig(schedule="wsd")) != config_hash(TrainConfig())
+
+
+def test_a_cell_rebuilt_from_its_stored_config_is_the_same_cell():
+    import json
+    from pathlib import Path
+
+    from harness.plugins import load_plugins
+    from harness.run.cell import Cell
+
+    load_plugins()
+    stored = sorted(Path(__file__).parents[2].glob("results/*/cells/*.json"))
+    assert stored
+    for path in stored:
+        view = json.loads(path.read_text())["config"]
+        assert Cell.from_view(view).id == path.stem  # the committed baselines rerun as themselves

@@ -1,6 +1,5 @@
 """`harness regress`: verdicts from the baseline's seed spread, and a sabotaged mixer is caught end to end."""
 
-import dataclasses
 from pathlib import Path
 
 import pandas as pd
@@ -9,7 +8,6 @@ import torch.nn.functional as F
 
 import tasks  # noqa: F401 - registers the suites
 from harness.analysis.regress import Tolerance, compare, regress
-from harness.registry import SUITES
 
 BASELINE = Path(__file__).parents[3] / "results" / "smoke-cpu"
 
@@ -55,11 +53,9 @@ def test_sabotaged_attention_fails_the_regression_check(tmp_path, monkeypatch):
     monkeypatch.setattr(F, "scaled_dot_product_attention", sabotaged)
     # Cap training at 400 steps (the sabotaged model would use all 1500): intact MLA reaches the smoke target by
     # step 300 with the baseline's lr and seed, so the cap changes nothing for the code under test but CI time.
-    smoke = SUITES.get("smoke").scales
-    monkeypatch.setitem(
-        smoke, "tiny", dataclasses.replace(smoke["tiny"], train={**smoke["tiny"].train, "max_steps": 400})
+    passed, text, table = regress(
+        BASELINE, tmp_path / "candidate", models=["mla"], overrides=("train.max_steps=400",)
     )
-    passed, text, table = regress(BASELINE, tmp_path / "candidate", models=["mla"])
     print(text)
     assert not passed and set(table["verdict"]) == {"REGRESSED"}, text
-    assert "REGRESSED" in text and "| mla " in text
+    assert "REGRESSED" in text and "| mla@tiny " in text
