@@ -1,6 +1,6 @@
 """Measure how long MQAR training sits on the ln(V/2) plateau, one variant per call (CPU or GPU).
 
-The harness's own model (models.backbone.LanguageModel), data (tasks.mqar) and trainer (harness.train.train) are
+The harness's own model (models.backbone.LanguageModel), data (tasks.mqar) and trainer (harness.run.train.train) are
 used as they are; the variants below that the harness has no setting for (Zoology-style weight decay on every
 parameter, no MLP, learned absolute positions, embedding dropout) are applied here, in this script only.
 
@@ -28,10 +28,11 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import harness.train as harness_train  # noqa: E402
+import harness.run.train as harness_train  # noqa: E402
 import models  # noqa: E402, F401  (registers the mixers)
 import tasks  # noqa: E402, F401  (registers the tasks)
-from harness.train import TrainConfig, resolve_device  # noqa: E402
+from harness.run.device import resolve_device  # noqa: E402
+from harness.run.train import TrainConfig  # noqa: E402
 from models.backbone import LanguageModel  # noqa: E402
 from models.presets import SIZES, Size, model_config, parse_architecture  # noqa: E402
 from tasks.mqar import MQAR, MQARConfig  # noqa: E402
@@ -68,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--wd", type=float, default=0.1)
     p.add_argument("--min-lr-ratio", type=float, default=0.1)
     p.add_argument("--clip", type=float, default=1.0)
+    p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2 (Zoology: PyTorch's default 0.999)")
     p.add_argument("--eval-every", type=int, default=50)
     p.add_argument("--target", type=float, default=None, help="stop at this validation accuracy")
     p.add_argument("--tie", action="store_true", help="tie the LM head to the input embedding")
@@ -113,7 +115,7 @@ class OutOfTime(Exception):
 
 
 def timed_evaluate(evaluate, deadline: float | None, seen: list):
-    """harness.train.evaluate that keeps every result in `seen` and ends training once `deadline` passed."""
+    """harness.run.train.evaluate that keeps every result in `seen` and ends training once `deadline` passed."""
 
     def wrapper(*args, **kwargs):
         metrics = evaluate(*args, **kwargs)
@@ -181,6 +183,7 @@ def run(args) -> dict:
         max_steps=args.steps,
         batch_size=args.batch,
         grad_clip=args.clip,
+        betas=(0.9, args.beta2),
         eval_every=args.eval_every,
         target_accuracy=args.target,
         device=args.device,

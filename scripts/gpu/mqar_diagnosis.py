@@ -25,37 +25,84 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 DRIVER = ROOT / "scripts" / "mqar_plateau.py"
 
-# Zoology's MQAR recipe at V 8192 on the harness's backbone: 2 layers, mixed lengths, tied embeddings, batch 256.
 ZOOLOGY_MIX = "64,4;128,8;256,16"
-COMMON = ["--vocab", "8192", "--eval-every", "100", "--num-test", "200"]
+RECALL_SMALL = ["--size", "small", "--train", "64,4;128,8;256,16;512,32", "--num-train", "50000"]
+COMMON = ["--vocab", "8192", "--eval-every", "100", "--num-test", "200", "--steps", "3000"]
 
 
 def variants(group: str) -> dict[str, list[str]]:
     """name -> arguments of scripts/mqar_plateau.py."""
     out: dict[str, list[str]] = {}
     if group in ("confirm", "all"):
+        # The recall suite's small MQAR (d 256, 4 layers, lengths to 512, 50K examples): batch 64 as before, 256 now.
         for arch in ("mla", "kda"):
-            for d_model in (128, 256):
-                size = ["--arch", arch, "--size", "tiny", "--d-model", str(d_model), "--layers", "2"]
-                size += ["--heads", "2", "--head-dim", str(d_model // 2)]
-                data = ["--train", ZOOLOGY_MIX, "--num-train", "60000"]
-                # old: the recall suite's small budget (batch 64, untied head); new: tied head, batch 256
-                out[f"{arch}-d{d_model}-old"] = size + data + ["--batch", "64", "--steps", "3000"]
-                out[f"{arch}-d{d_model}-new"] = size + data + ["--batch", "256", "--steps", "3000", "--tie"]
+            out[f"recall-small-{arch}-b64-old"] = ["--arch", arch, *RECALL_SMALL, "--batch", "64"]
+            out[f"recall-small-{arch}-b256-new"] = ["--arch", arch, *RECALL_SMALL, "--batch", "256"]
+        # The kimi suite's small MQAR (kimi-synth: d 256, 2 layers, 2 heads of 128; one length, L/16 pairs, 100K
+        # examples): batch 32 as before against larger batches.
+        for length, arch, batch in [
+            (256, "mla", 32),
+            (256, "mla", 128),
+            (1024, "mla", 32),
+            (1024, "mla", 64),
+            (1024, "mla", 128),
+            (1024, "kda", 128),
+            (2048, "mla", 64),
+        ]:
+            tag = "old" if batch == 32 else "new"
+            kimi = ["--size", "kimi-synth", "--train", f"{length},{length // 16}", "--num-train", "100000"]
+            out[f"kimi-{length}-{arch}-b{batch}-{tag}"] = ["--arch", arch, *kimi, "--batch", str(batch)]
+    if group in ("kimi-mix", "all"):
+        # single-length training at 1024 stays on the plateau at any batch: train each length on the mixture of
+        # all lengths up to it (Zoology's curriculum), test at that length
+        for length, arch, batch in [
+            (1024, "mla", 128),
+            (1024, "kda", 128),
+            (1024, "mla", 64),
+            (2048, "mla", 64),
+            (256, "kda", 128),
+        ]:
+            mix = ";".join(f"{n},{n // 16}" for n in (64, 128, 256, 512, 1024, 2048) if n <= length)
+            kimi = ["--size", "kimi-synth", "--train", mix, "--test", f"{length},{length // 16}"]
+            kimi += ["--num-train", "100000", "--batch", str(batch)]
+            out[f"kimi-{length}-{arch}-b{batch}-mix"] = ["--arch", arch, *kimi]
+        out["recall-small-kda-b256-new"] = ["--arch", "kda", *RECALL_SMALL, "--batch", "256"]
+    if group in ("beta2", "all"):
+        # the old batches with Zoology's AdamW beta2 (PyTorch's default 0.999) instead of the harness's 0.95
+        out["recall-small-mla-b64-beta2"] = [
+            "--arch",
+            "mla",
+            *RECALL_SMALL,
+            "--batch",
+            "64",
+            "--beta2",
+            "0.999",
+        ]
+        out["recall-small-kda-b64-beta2"] = [
+            "--arch",
+            "kda",
+            *RECALL_SMALL,
+            "--batch",
+            "64",
+            "--beta2",
+            "0.999",
+        ]
+        for length in (256, 1024):
+            kimi = ["--size", "kimi-synth", "--train", f"{length},{length // 16}", "--num-train", "100000"]
+            out[f"kimi-{length}-mla-b32-beta2"] = [
+                "--arch",
+                "mla",
+                *kimi,
+                "--batch",
+                "32",
+                "--beta2",
+                "0.999",
+            ]
     if group in ("explore", "all"):
         # the recall suite's small MQAR (d 256, 4 layers, lengths to 512) and a Zoology-sized model (d 128, 2 layers)
-        small = [
-            "--size",
-            "small",
-            "--train",
-            "64,4;128,8;256,16;512,32",
-            "--num-train",
-            "50000",
-            "--steps",
-            "3000",
-        ]
+        small = RECALL_SMALL
         z = ["--size", "tiny", "--d-model", "128", "--heads", "2", "--head-dim", "64"]
-        z += ["--train", ZOOLOGY_MIX, "--num-train", "60000", "--steps", "3000"]
+        z += ["--train", ZOOLOGY_MIX, "--num-train", "60000"]
         for name, base, arch, batch, tie in [
             ("recall-small-mla", small, "mla", 64, False),
             ("recall-small-mla-tied", small, "mla", 64, True),
@@ -158,7 +205,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--group", default="confirm", choices=("confirm", "explore", "all"))
+    parser.add_argument(
+        "--group", default="confirm", choices=("confirm", "beta2", "kimi-mix", "explore", "all")
+    )
     parser.add_argument("--only", help="comma-separated variant names to run (default: the whole group)")
     parser.add_argument("--quick", action="store_true", help="tiny CPU-sized versions of the variants")
     parser.add_argument("--device", help="default: cuda if available, else cpu")
