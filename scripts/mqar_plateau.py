@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--clip", type=float, default=1.0)
     p.add_argument("--beta2", type=float, default=0.95, help="AdamW beta2 (Zoology: PyTorch's default 0.999)")
     p.add_argument("--eval-every", type=int, default=50)
+    p.add_argument("--eval-batch", type=int, default=256, help="sequences per evaluation batch")
     p.add_argument("--target", type=float, default=None, help="stop at this validation accuracy")
     p.add_argument("--tie", action="store_true", help="tie the LM head to the input embedding")
     p.add_argument("--init-std", type=float, default=0.02)
@@ -185,6 +186,7 @@ def run(args) -> dict:
         grad_clip=args.clip,
         betas=(0.9, args.beta2),
         eval_every=args.eval_every,
+        eval_batch_size=args.eval_batch,
         target_accuracy=args.target,
         device=args.device,
     )
