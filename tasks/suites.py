@@ -184,12 +184,22 @@ SUITES.add(
 )
 
 # Zoology's MQAR capacity result (Arora et al. 2023, Fig. 2; docs/reference.md §5) on the harness's backbone: V 8192,
-# a mixture of short and long settings, batch 256, 2 layers at widths 64-512 given as model tokens (the suite's
-# size is zoology-128): harness run --suite zoology --scale small --models mla@zoology-64,...,mamba2@zoology-512
-# (docs/findings/mqar-plateau.md has the whole command). Zoology's mixture has 100K examples at (64, 4) and 20K at
-# each other setting; the harness splits num_train evenly (20K each). Tests: the training settings, then more pairs
-# at longer lengths. Measured on one H200: MLA and KDA at width 128 reach 0.99+ by step 700-1000 of batch 256.
+# a mixture of short and long settings, batch 256, 2 layers, one scale per width (d64 ... d512: a report keeps
+# scales apart, while two widths of one model given as model tokens would share its rows). Zoology's mixture has
+# 100K examples at (64, 4) and 20K at each other setting; the harness splits num_train evenly (20K each). Tests: the
+# training settings, then more pairs at longer lengths. Measured on one H200 (docs/findings/mqar-plateau.md): MLA
+# and KDA at width 128, batch 256, reach 0.99+ by step 700-1000 on a mixture up to (256, 16).
 _ZOOLOGY_TRAIN_SETTINGS = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
+_ZOOLOGY_MQAR = MQARConfig(
+    train_settings=_ZOOLOGY_TRAIN_SETTINGS,
+    test_settings=_ZOOLOGY_TRAIN_SETTINGS + ((512, 128), (1024, 256)),
+    num_train=100000,
+    num_test=1000,
+)
+# 12 cells a width (4 mixers x 3 lrs) share one GPU: --launcher pool --cells-per-gpu 12
+_ZOOLOGY_TRAIN = dict(
+    max_steps=3000, batch_size=256, eval_every=250, eval_batch_size=64, target_accuracy=0.99
+)
 SUITES.add(
     "zoology",
     Suite(
@@ -213,25 +223,15 @@ SUITES.add(
                 train=dict(max_steps=400, batch_size=64, eval_every=100, target_accuracy=0.99),
                 lrs=(1e-3,),
             ),
-            # one H200 in about an hour for 4 mixers x 4 widths x 3 lrs (48 cells, --cells-per-gpu 12)
-            "small": SuiteScale(
-                model_size="zoology-128",
-                tasks=(
-                    (
-                        "mqar",
-                        MQARConfig(
-                            train_settings=_ZOOLOGY_TRAIN_SETTINGS,
-                            test_settings=_ZOOLOGY_TRAIN_SETTINGS + ((512, 128), (1024, 256)),
-                            num_train=100000,
-                            num_test=1000,
-                        ),
-                    ),
-                ),
-                train=dict(
-                    max_steps=3000, batch_size=256, eval_every=250, eval_batch_size=64, target_accuracy=0.99
-                ),
-                lrs=(3e-4, 1e-3, 3e-3),
-            ),
+            **{
+                f"d{width}": SuiteScale(
+                    model_size=f"zoology-{width}",
+                    tasks=(("mqar", _ZOOLOGY_MQAR),),
+                    train=_ZOOLOGY_TRAIN,
+                    lrs=(3e-4, 1e-3, 3e-3),
+                )
+                for width in (64, 128, 256, 512)
+            },
         },
     ),
 )
