@@ -39,6 +39,19 @@ SIZES.add(
 SIZES.add(
     "small", Size(d_model=256, n_layers=4, num_heads=4, head_dim=64, description="one GPU, under an hour")
 )
+# Zoology's MQAR models (Arora et al. 2023, Figure 2): 2 layers at widths 64-512; heads of 64 channels, so that
+# every recurrent state (kda/gdn H x 64 x 64, mamba2 2d x 64) grows with the width as in that figure.
+for _width in (64, 128, 256, 512):
+    SIZES.add(
+        f"zoology-{_width}",
+        Size(
+            d_model=_width,
+            n_layers=2,
+            num_heads=_width // 64,
+            head_dim=64,
+            description=f"Zoology MQAR width {_width}, 2 layers",
+        ),
+    )
 SIZES.add(
     "lm-small",
     Size(

@@ -88,6 +88,13 @@ SUITES.add(
 # Training budgets shared by the suites below, by scale. CPU minutes / one GPU under an hour / the sources' own.
 _TINY_TRAIN = dict(max_steps=300, batch_size=32, eval_every=100, target_accuracy=0.99)
 _SMALL_TRAIN = dict(max_steps=5000, batch_size=64, eval_every=500, target_accuracy=0.99)
+# MQAR at V 8192 sits on the ln(V/2) plateau for a number of steps that shrinks as the batch grows
+# (docs/findings/mqar-plateau.md): measured on one H200 with the recall suite's small MQAR, MLA reached 0.15 after
+# 3000 steps of batch 64 and 0.996 after 3000 of batch 256 (off the plateau by step 400). An evaluation batch of
+# 64 keeps the V 8192 logits of the 512-token slices (64 x 512 x 8192) small enough for 8 cells per GPU.
+_RECALL_SMALL_TRAIN = dict(
+    max_steps=3000, batch_size=256, eval_every=250, eval_batch_size=64, target_accuracy=0.99
+)
 _PAPER_TRAIN = dict(max_steps=20000, batch_size=64, eval_every=1000, target_accuracy=None)
 _TINY_DATA = dict(num_train=4000, num_test=128)
 _SMALL_DATA = dict(num_train=50000, num_test=500)
@@ -95,7 +102,12 @@ _PAPER_DATA = dict(num_train=100000, num_test=1000)
 
 
 def _three_scales(
-    description: str, tiny: tuple, small: tuple, paper: tuple, paper_lrs=(1e-4, 5e-4, 1e-3)
+    description: str,
+    tiny: tuple,
+    small: tuple,
+    paper: tuple,
+    paper_lrs=(1e-4, 5e-4, 1e-3),
+    small_train: dict = _SMALL_TRAIN,
 ) -> Suite:
     return Suite(
         description=description,
@@ -104,7 +116,7 @@ def _three_scales(
             # three seeds (the report takes the best lr's mean with a t interval over seeds)
             "tiny": SuiteScale(model_size="tiny", tasks=tiny, train=_TINY_TRAIN, lrs=(3e-3,)),
             "small": SuiteScale(
-                model_size="small", tasks=small, train=_SMALL_TRAIN, lrs=(3e-4, 1e-3, 3e-3), seeds=(0, 1, 2)
+                model_size="small", tasks=small, train=small_train, lrs=(3e-4, 1e-3, 3e-3), seeds=(0, 1, 2)
             ),
             "paper": SuiteScale(
                 model_size="kimi-synth", tasks=paper, train=_PAPER_TRAIN, lrs=paper_lrs, seeds=(0, 1, 2)
@@ -167,6 +179,60 @@ SUITES.add(
             ("selective-copy", SelectiveCopyConfig(**_PAPER_DATA)),
         ),
         paper_lrs=(1e-4, 4.6e-4, 2.2e-3, 1e-2),  # logspace(-4, -2, 4), as Zoology
+        small_train=_RECALL_SMALL_TRAIN,
+    ),
+)
+
+# Zoology's MQAR capacity result (Arora et al. 2023, Fig. 2; docs/reference.md §5) on the harness's backbone: V 8192,
+# a mixture of short and long settings, batch 256, 2 layers, one scale per width (d64 ... d512: a report keeps
+# scales apart, while two widths of one model given as model tokens would share its rows). Zoology's mixture has
+# 100K examples at (64, 4) and 20K at each other setting; the harness splits num_train evenly (20K each). Tests: the
+# training settings, then more pairs at longer lengths. Measured on one H200 (docs/findings/mqar-plateau.md): MLA
+# and KDA at width 128, batch 256, reach 0.99+ by step 700-1000 on a mixture up to (256, 16).
+_ZOOLOGY_TRAIN_SETTINGS = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
+_ZOOLOGY_MQAR = MQARConfig(
+    train_settings=_ZOOLOGY_TRAIN_SETTINGS,
+    test_settings=_ZOOLOGY_TRAIN_SETTINGS + ((512, 128), (1024, 256)),
+    num_train=100000,
+    num_test=1000,
+)
+# 12 cells a width (4 mixers x 3 lrs) share one GPU: --launcher pool --cells-per-gpu 12
+_ZOOLOGY_TRAIN = dict(
+    max_steps=3000, batch_size=256, eval_every=250, eval_batch_size=64, target_accuracy=0.99
+)
+SUITES.add(
+    "zoology",
+    Suite(
+        description="Zoology's MQAR capacity sweep: V 8192, mixed lengths, batch 256, 2 layers at widths 64-512",
+        scales={
+            # CPU: V 256 is off the plateau within ~200 steps of batch 64 (tiny MLA); a minute or two per cell
+            "tiny": SuiteScale(
+                model_size="tiny",
+                tasks=(
+                    (
+                        "mqar",
+                        MQARConfig(
+                            vocab_size=256,
+                            train_settings=((64, 4), (128, 8)),
+                            test_settings=((64, 4), (128, 8), (256, 16)),
+                            num_train=20000,
+                            num_test=128,
+                        ),
+                    ),
+                ),
+                train=dict(max_steps=400, batch_size=64, eval_every=100, target_accuracy=0.99),
+                lrs=(1e-3,),
+            ),
+            **{
+                f"d{width}": SuiteScale(
+                    model_size=f"zoology-{width}",
+                    tasks=(("mqar", _ZOOLOGY_MQAR),),
+                    train=_ZOOLOGY_TRAIN,
+                    lrs=(3e-4, 1e-3, 3e-3),
+                )
+                for width in (64, 128, 256, 512)
+            },
+        },
     ),
 )
 
@@ -288,16 +354,25 @@ SUITES.add(
 )
 
 
+_KIMI_MQAR_LENGTHS = (64, 128, 256, 512, 1024, 2048)
+
+
 def _kimi_tasks(lengths: tuple[int, ...], data: dict) -> tuple:
     """Palindrome, MQAR and stack, one training run per length as in the report. The report states neither
-    vocabularies nor pair counts: MQAR uses V 8192 and L/16 pairs; stack and palindrome their task defaults."""
+    vocabularies nor pair counts: MQAR uses V 8192 and L/16 pairs; stack and palindrome their task defaults.
+
+    MQAR at length L trains on the mixture of the lengths 64, 128, ... up to L (n/16 pairs each) and is tested at L
+    alone: trained at 1024 only, MLA (batch 64) and KDA (batch 128) stayed on the ln(V/2) plateau for all of their
+    3000 and 2100 steps (one H200); on the mixture, MLA reached 0.998 at 1024 (batch 128) and 0.87 at 2048 (batch
+    64, still rising; docs/findings/mqar-plateau.md). Zoology trains on such a mixture too."""
     tasks = []
     for length in lengths:
         tasks.append(
             ("palindrome", PalindromeConfig(train_lengths=(length,), test_lengths=(length,), **data))
         )
-        pairs = ((length, length // 16),)
-        tasks.append(("mqar", MQARConfig(train_settings=pairs, test_settings=pairs, **data)))
+        mixture = tuple((n, n // 16) for n in _KIMI_MQAR_LENGTHS if n <= length) or ((length, length // 16),)
+        test = ((length, length // 16),)
+        tasks.append(("mqar", MQARConfig(train_settings=mixture, test_settings=test, **data)))
         tasks.append(("stack", StackConfig(train_lengths=(length,), test_lengths=(length,), **data)))
     return tuple(tasks)
 
@@ -310,11 +385,16 @@ SUITES.add(
             "tiny": SuiteScale(
                 model_size="tiny", tasks=_kimi_tasks((64, 128), _TINY_DATA), train=_TINY_TRAIN, lrs=(3e-3,)
             ),
-            # one H100 in about 20 minutes for four models: one lr, a short budget
+            # one H200, ~12 cells at once (--launcher pool --cells-per-gpu 12), one lr: 6 models x 12 tasks. At V 8192
+            # MQAR needs batch x steps (docs/findings/mqar-plateau.md): 300 steps of batch 32 left every model at 0,
+            # 3000 of batch 32 too (MLA, 256/16 pairs). Batch 64 keeps one 2048-token MQAR cell's logits near 13 GB;
+            # the evaluation batch of 32 keeps its evaluation below that.
             "small": SuiteScale(
                 model_size="kimi-synth",
-                tasks=_kimi_tasks((256, 512, 1024, 2048), dict(num_train=8000, num_test=200)),
-                train=dict(max_steps=300, batch_size=32, eval_every=100, target_accuracy=0.99),
+                tasks=_kimi_tasks((256, 512, 1024, 2048), dict(num_train=100000, num_test=500)),
+                train=dict(
+                    max_steps=6000, batch_size=64, eval_every=500, eval_batch_size=32, target_accuracy=0.99
+                ),
                 lrs=(1e-3,),
             ),
             "paper": SuiteScale(
