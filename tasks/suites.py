@@ -23,8 +23,9 @@ from .state_tracking import ModularArithmeticConfig, ParityConfig, PermutationCo
 
 @dataclass(frozen=True, kw_only=True)
 class SuiteScale:
-    model_size: str
-    """Size preset of every model (see `harness list`)."""
+    model_size: str | tuple[str, ...]
+    """Size preset of every model (see `harness list`); several: each model named without @SIZE runs at every one
+    of them (a capacity sweep over widths)."""
     tasks: tuple[tuple[str, Any], ...]
     """(task name, task config) pairs."""
     train: dict[str, Any] = field(default_factory=dict)
@@ -33,6 +34,10 @@ class SuiteScale:
     """Learning rates to run (the best is reported)."""
     seeds: tuple[int, ...] = (0,)
     """Seeds to run."""
+
+    @property
+    def sizes(self) -> tuple[str, ...]:
+        return (self.model_size,) if isinstance(self.model_size, str) else self.model_size
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,11 +95,8 @@ _TINY_TRAIN = dict(max_steps=300, batch_size=32, eval_every=100, target_accuracy
 _SMALL_TRAIN = dict(max_steps=5000, batch_size=64, eval_every=500, target_accuracy=0.99)
 # MQAR at V 8192 sits on the ln(V/2) plateau for a number of steps that shrinks as the batch grows
 # (docs/findings/mqar-plateau.md): measured on one H200 with the recall suite's small MQAR, MLA reached 0.15 after
-# 3000 steps of batch 64 and 0.996 after 3000 of batch 256 (off the plateau by step 400). An evaluation batch of
-# 64 keeps the V 8192 logits of the 512-token slices (64 x 512 x 8192) small enough for 8 cells per GPU.
-_RECALL_SMALL_TRAIN = dict(
-    max_steps=3000, batch_size=256, eval_every=250, eval_batch_size=64, target_accuracy=0.99
-)
+# 3000 steps of batch 64 and 0.996 after 3000 of batch 256 (off the plateau by step 400).
+_RECALL_SMALL_TRAIN = dict(max_steps=3000, batch_size=256, eval_every=250, target_accuracy=0.99)
 _PAPER_TRAIN = dict(max_steps=20000, batch_size=64, eval_every=1000, target_accuracy=None)
 _TINY_DATA = dict(num_train=4000, num_test=128)
 _SMALL_DATA = dict(num_train=50000, num_test=500)
@@ -184,21 +186,17 @@ SUITES.add(
 )
 
 # Zoology's MQAR capacity result (Arora et al. 2023, Fig. 2; docs/reference.md §5) on the harness's backbone: V 8192,
-# a mixture of short and long settings, batch 256, 2 layers, one scale per width (d64 ... d512: a report keeps
-# scales apart, while two widths of one model given as model tokens would share its rows). Zoology's mixture has
-# 100K examples at (64, 4) and 20K at each other setting; the harness splits num_train evenly (20K each). Tests: the
-# training settings, then more pairs at longer lengths. Measured on one H200 (docs/findings/mqar-plateau.md): MLA
-# and KDA at width 128, batch 256, reach 0.99+ by step 700-1000 on a mixture up to (256, 16).
+# a mixture of short and long settings, batch 256, 2 layers at widths 64-512 (a model named without @SIZE runs at
+# every width). Zoology's mixture has 100K examples at (64, 4) and 20K at each other setting; the harness splits
+# num_train evenly (20K each). Tests: the training settings, then more pairs at longer lengths. Measured on one
+# H200 (docs/findings/mqar-plateau.md): MLA and KDA at width 128, batch 256, reach 0.99+ by step 700-1000 on a
+# mixture up to (256, 16).
 _ZOOLOGY_TRAIN_SETTINGS = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
 _ZOOLOGY_MQAR = MQARConfig(
     train_settings=_ZOOLOGY_TRAIN_SETTINGS,
     test_settings=_ZOOLOGY_TRAIN_SETTINGS + ((512, 128), (1024, 256)),
     num_train=100000,
     num_test=1000,
-)
-# 12 cells a width (4 mixers x 3 lrs) share one GPU: --launcher pool --cells-per-gpu 12
-_ZOOLOGY_TRAIN = dict(
-    max_steps=3000, batch_size=256, eval_every=250, eval_batch_size=64, target_accuracy=0.99
 )
 SUITES.add(
     "zoology",
@@ -223,15 +221,14 @@ SUITES.add(
                 train=dict(max_steps=400, batch_size=64, eval_every=100, target_accuracy=0.99),
                 lrs=(1e-3,),
             ),
-            **{
-                f"d{width}": SuiteScale(
-                    model_size=f"zoology-{width}",
-                    tasks=(("mqar", _ZOOLOGY_MQAR),),
-                    train=_ZOOLOGY_TRAIN,
-                    lrs=(3e-4, 1e-3, 3e-3),
-                )
-                for width in (64, 128, 256, 512)
-            },
+            # 4 widths x 3 lrs = 12 cells per architecture; 48 for mla, kda, gdn, mamba2: --launcher pool
+            # --cells-per-gpu 12 on one GPU
+            "small": SuiteScale(
+                model_size=("zoology-64", "zoology-128", "zoology-256", "zoology-512"),
+                tasks=(("mqar", _ZOOLOGY_MQAR),),
+                train=dict(max_steps=3000, batch_size=256, eval_every=250, target_accuracy=0.99),
+                lrs=(3e-4, 1e-3, 3e-3),
+            ),
         },
     ),
 )
@@ -385,16 +382,14 @@ SUITES.add(
             "tiny": SuiteScale(
                 model_size="tiny", tasks=_kimi_tasks((64, 128), _TINY_DATA), train=_TINY_TRAIN, lrs=(3e-3,)
             ),
-            # one H200, ~12 cells at once (--launcher pool --cells-per-gpu 12), one lr: 6 models x 12 tasks. At V 8192
+            # one H200, 12 cells at once (--launcher pool --cells-per-gpu 12), one lr: 6 models x 12 tasks. At V 8192
             # MQAR needs batch x steps (docs/findings/mqar-plateau.md): 300 steps of batch 32 left every model at 0,
-            # 3000 of batch 32 too (MLA, 256/16 pairs). Batch 64 keeps one 2048-token MQAR cell's logits near 13 GB;
-            # the evaluation batch of 32 keeps its evaluation below that.
+            # 3000 of batch 32 too (MLA, 256/16 pairs); on the mixture up to 1024, batch 128 reached 0.996 in 3000
+            # steps (batch 64: 0.60). The LM head runs on scored positions only, so batch 128 costs little memory.
             "small": SuiteScale(
                 model_size="kimi-synth",
                 tasks=_kimi_tasks((256, 512, 1024, 2048), dict(num_train=100000, num_test=500)),
-                train=dict(
-                    max_steps=6000, batch_size=64, eval_every=500, eval_batch_size=32, target_accuracy=0.99
-                ),
+                train=dict(max_steps=3000, batch_size=128, eval_every=250, target_accuracy=0.99),
                 lrs=(1e-3,),
             ),
             "paper": SuiteScale(

@@ -35,23 +35,25 @@ def plan_cells(
     """Every cell of the run, fully resolved and validated; raises HarnessError before anything is trained.
 
     `lrs` and `seeds` replace the grid of the suite at its scale (a `--set train.lr=` override pins every
-    cell to one lr, and the grid collapses to it)."""
+    cell to one lr, and the grid collapses to it). A model named without @SIZE runs at the scale's size, or at
+    each of its sizes."""
     suite: Suite = SUITES.get(suite_name)
     scale = scale or next(iter(suite.scales))
     setting = suite.at(scale, suite_name)
     if not models:
         raise HarnessError("no models given; e.g. --models kda,gdn,mamba2,mla")
+    models = [token if "@" in token else f"{token}@{size}" for token in models for size in setting.sizes]
     if lrs is not None and (not lrs or min(lrs) <= 0):
         raise HarnessError(f"learning rates must be positive, got {', '.join(map(str, lrs)) or 'none'}")
     if seeds is not None and not seeds:
         raise HarnessError("no seeds given")
     for token in models:
-        parse_architecture(split_model_token(token, setting.model_size)[0])
+        parse_architecture(split_model_token(token, setting.sizes[0])[0])
     assignments = [parse_assignment(text) for text in overrides]
     for path, _ in assignments:
         if path[0] not in SECTIONS:
             raise HarnessError(f"--set {'.'.join(path)}: settings start with one of {', '.join(SECTIONS)}")
-    _check_mixer_overrides(assignments, models, setting.model_size)
+    _check_mixer_overrides(assignments, models, setting.sizes[0])
 
     cells: dict[str, Cell] = {}
     for task_name, task_config in setting.tasks:
@@ -59,12 +61,12 @@ def plan_cells(
         task_config = _apply(task_config, assignments, "task")
         task.validate(task_config)
         for token in models:
-            arch, size = split_model_token(token, setting.model_size)
+            arch, size = split_model_token(token, setting.sizes[0])
             vocab_size = task.vocab_size(task_config)
             if match is None:
-                model = build_model_config(token, setting.model_size, vocab_size=vocab_size)
+                model = build_model_config(token, setting.sizes[0], vocab_size=vocab_size)
             else:
-                model = match_size(token, setting.model_size, vocab_size, match).config
+                model = match_size(token, setting.sizes[0], vocab_size, match).config
                 size += match.label
             model = _apply(model, assignments, "model")
             for lr in lrs if lrs is not None else setting.lrs:

@@ -49,14 +49,14 @@ def variants(group: str) -> dict[str, list[str]]:
         for arch in ("mla", "kda", "gdn"):
             out[f"recall-small-{arch}-b256-new"] = ["--arch", arch, *RECALL_SMALL, "--batch", "256"]
         # The kimi suite's small MQAR (kimi-synth: d 256, 2 layers, 2 heads of 128; L/16 pairs, 100K examples):
-        # before, one length at batch 32; now the mixture of lengths up to L, batch 64, 6000 steps.
+        # before, one length at batch 32; now the mixture of lengths up to L, batch 128, 3000 steps.
         kimi = ["--size", "kimi-synth", "--num-train", "100000", "--eval-batch", "32"]
         out["kimi-256-mla-b32-old"] = ["--arch", "mla", *kimi, "--train", "256,16", "--batch", "32"]
         for length, arch in [(1024, "mla"), (1024, "kda"), (2048, "mla")]:
             mix = ";".join(f"{n},{n // 16}" for n in (64, 128, 256, 512, 1024, 2048) if n <= length)
-            out[f"kimi-{length}-{arch}-b64-mix-new"] = [
+            out[f"kimi-{length}-{arch}-b128-mix-new"] = [
                 *["--arch", arch, *kimi, "--train", mix, "--test", f"{length},{length // 16}"],
-                *["--batch", "64", "--steps", "6000", "--eval-every", "250"],
+                *["--batch", "128", "--steps", "3000", "--eval-every", "250"],
             ]
     if group in ("beta2", "all"):
         # the old batches with Zoology's AdamW beta2 (PyTorch's default 0.999) instead of the harness's 0.95
