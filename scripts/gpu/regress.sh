@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The GPU regression check: rerun a few configurations of the committed GPU baselines on one GPU (harness regress:
+# each at its best baseline lr, first seed, rebuilt from the stored config) and fail when one falls below its
+# baseline beyond the seed spread. Run from the repository root on a CUDA machine; exits 1 on a regression.
+#
+#   bash scripts/gpu/regress.sh            # about 5 minutes on one H200
+set -uo pipefail
+export PYTHONPATH=$PWD HARNESS_CACHE=off PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
+out=${OUT:-/tmp/out}
+status=0
+check() {  # BASELINE MODELS
+    [ -d "$1/cells" ] || { echo "no baseline at $1 (skipped)"; return; }
+    python3 -m harness.cli regress --baseline "$1" --models "$2" --device cuda --workers 8 \
+        --out "$out/regress-$(basename "$1")" 2>&1 | grep -v "step/s" | tail -n 20
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+}
+check results/zoology-h200 "mla@zoology-128,kda@zoology-128,gdn@zoology-128,mamba2@zoology-128"
+check results/kimi-small-h200 "mla@kimi-synth,kda@kimi-synth"
+exit $status

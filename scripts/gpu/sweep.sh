@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One device call's share of a GPU sweep that is longer than one call: unpack the store carried in (if any), run the
+# sweep until a deadline, pack the store for the next call. A cell cut off by the deadline runs again, from step 0,
+# in the next call; finished cells are never run twice (harness run skips what its store holds).
+#
+#   scripts/gpu/sweep.sh NAME SECONDS harness-run-arguments...
+#
+#   reads   carry/NAME.tgz         the store so far (absent on the first call)
+#   writes  $OUT/NAME.tgz          the store after this call (scripts/store_tar.sh; carry it into the next call)
+#           $OUT/NAME-status.md    done / remaining (harness status), $OUT/NAME-report.md (harness report)
+#
+# e.g. scripts/gpu/sweep.sh zoology 480 --suite zoology --scale small --models mla,kda,gdn,mamba2 \
+#          --device cuda --launcher pool --cells-per-gpu 12
+# The GPU image has no `datasets` package: task data is generated in memory (HARNESS_CACHE=off).
+set -uo pipefail
+name=$1 seconds=$2
+shift 2
+out=${OUT:-/tmp/out}
+store=runs/$name
+export PYTHONPATH=$PWD HARNESS_CACHE=off PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
+mkdir -p "$out"
+[ -f "carry/$name.tgz" ] && bash scripts/store_tar.sh unpack "carry/$name.tgz" "$store"
+start=$SECONDS
+# SIGTERM at the deadline: the sweep stops, releases its leases; what finished is in the store
+timeout -s TERM "$seconds" python3 -m harness.cli run "$@" --out "$store" --checkpoint-every off 2>&1 \
+    | grep -v "step/s" | tail -n 40
+echo "sweep: $((SECONDS - start)) s"
+bash scripts/store_tar.sh pack "$store" "$out/$name.tgz"
+python3 -m harness.cli status --out "$store" | tee "$out/$name-status.md"
+python3 -m harness.cli report --out "$store" --no-figures --report-dir /tmp/report > "$out/$name-report.md" 2>&1
+tail -n 30 "$out/$name-report.md"
