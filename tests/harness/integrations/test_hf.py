@@ -1,6 +1,8 @@
 """The backbone in transformers: a checkpoint (safetensors + config + tokenizer) loads with the Auto classes after
 `import harness`, and generate() with the model's cache gives the greedy tokens of recomputing every step."""
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -97,3 +99,30 @@ def test_cache_bytes_per_sequence():
     model = hf_model("mla")
     assert model.cache_bytes(64) == model.model.cache_bytes(64, torch.float32)
     assert model.cache_bytes(64, torch.bfloat16) * 2 == model.cache_bytes(64, torch.float32)
+
+
+def test_the_word_level_tokenizer_decodes_every_word_with_its_space(tmp_path):
+    from harness.plugins import load_plugins
+    from harness.registry import SUITES, TASKS
+
+    load_plugins()
+    configs = {}
+    for suite in ("smoke", "recall", "localization", "reasoning"):
+        for name, config in SUITES.get(suite).at("tiny", suite).tasks:
+            configs[name] = config  # every synthetic task once
+    for name, config in configs.items():
+        task = TASKS.get(name)()
+        task.tokenizer(config).save_pretrained(tmp_path / name)
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / name)  # as a checkpoint's, from its files
+        (piece,) = task.generate(dataclasses.replace(config, num_test=1), "test", seed=0)[:1]
+        text = task.render(config, piece.inputs[0])
+        ids = tokenizer(text)["input_ids"]
+        assert ids == piece.inputs[0].tolist(), name
+        # each word decodes with the space before it: a continuation joins its prompt as text does
+        assert tokenizer.decode(ids) == " " + text, name
+        assert tokenizer.decode(ids[5:]) == " " + " ".join(text.split()[5:]), name
+        assert tokenizer(tokenizer.decode(ids))["input_ids"] == ids, name
+        # punctuation words keep their spaces, and EOS / pad are dropped as special tokens
+        assert tokenizer.decode(
+            [*ids, tokenizer.eos_token_id, tokenizer.pad_token_id], skip_special_tokens=True
+        ) == (" " + text)
