@@ -65,8 +65,9 @@ def test_checkpoint_loads_with_the_auto_classes(tmp_path):
     words = [f"w{i}" for i in range(VOCAB)]
     model.save_pretrained(tmp_path)
     build_tokenizer(words).save_pretrained(tmp_path)
-    # safetensors and JSON only: nothing that needs pickle to load
-    assert {p.suffix for p in tmp_path.iterdir()} <= {".safetensors", ".json"}
+    # safetensors, JSON and the two modules trust_remote_code loads (which import the harness): no pickle
+    assert {p.suffix for p in tmp_path.iterdir()} <= {".safetensors", ".json", ".py"}
+    assert {p.name for p in tmp_path.glob("*.py")} == {"configuration_harness.py", "modeling_harness.py"}
     config = AutoConfig.from_pretrained(tmp_path)
     assert config.model_type == "harness_lm" and config.model_config().layers == ("kda", "mla")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)

@@ -1,6 +1,7 @@
 """lm-eval end to end: a tiny model trained on a synthetic task is saved, reloaded with AutoModelForCausalLM and
 scored by lm-eval's own command line on its exported test slices; the score is the harness's own accuracy on the
-same examples. `harness eval` writes the same numbers as rows of the results store."""
+same examples, also in a process that never imports the harness (the checkpoint's trust_remote_code modules do).
+`harness eval` writes the same numbers as rows of the results store."""
 
 import json
 import os
@@ -25,6 +26,14 @@ TRAIN = [
     "train.max_steps=40", "train.eval_every=40", "train.batch_size=16", "task.num_train=960", "task.num_test=16",
 ]  # fmt: skip
 OFFLINE = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def fresh_process_env(tmp_path) -> dict[str, str]:
+    """A subprocess that imports this checkout's harness only when the checkpoint's remote code asks for it, and
+    keeps transformers' copies of remote code in tmp_path."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(OFFLINE, PYTHONPATH=path, HF_MODULES_CACHE=str(tmp_path / "modules"))
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +52,23 @@ def harness_accuracy(rows):
     return {r.slice: (r.value, r.n) for r in accuracy.itertuples()}
 
 
+def assert_scores_equal_the_harness_accuracy(output_path: Path, rows) -> None:
+    """lm-eval's results file under output_path: every slice's acc is the harness's accuracy of the cell."""
+    (path,) = output_path.rglob("results*.json")
+    scored = json.loads(path.read_text())
+    harness_side = harness_accuracy(rows)
+    assert len(harness_side) == 2
+    slices = [name for name in scored["results"] if name != "harness_mqar"]
+    assert len(slices) == 2
+    for name in slices:
+        slice_name = scored["configs"][name]["metadata"]["slice"]
+        value, n = harness_side[slice_name]
+        # one document per scored answer token; lm-eval's acc (greedy continuation) is the harness's accuracy
+        assert scored["n-samples"][name]["effective"] == n
+        assert scored["results"][name]["acc,none"] == pytest.approx(value, abs=1e-9), slice_name
+    assert 0 < scored["results"]["harness_mqar"]["acc,none"] <= 1
+
+
 def test_lm_eval_cli_scores_the_checkpoint_as_the_harness_does(trained, tmp_path):
     _, checkpoint, rows = trained
     assert type(AutoModelForCausalLM.from_pretrained(checkpoint)).__name__ == "HarnessForCausalLM"
@@ -54,19 +80,76 @@ def test_lm_eval_cli_scores_the_checkpoint_as_the_harness_does(trained, tmp_path
     result = subprocess.run(command, capture_output=True, text=True, env=OFFLINE, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "harness_mqar__seq_len_64_pairs_4" in result.stdout
-    (path,) = tmp_path.rglob("results*.json")
-    scored = json.loads(path.read_text())
-    harness_side = harness_accuracy(rows)
-    assert len(harness_side) == 2
-    for name, measured in scored["results"].items():
-        if name == "harness_mqar":
-            continue
-        slice_name = scored["configs"][name]["metadata"]["slice"]
-        value, n = harness_side[slice_name]
-        # one document per scored answer token; lm-eval's acc (greedy continuation) is the harness's accuracy
-        assert scored["n-samples"][name]["effective"] == n
-        assert measured["acc,none"] == pytest.approx(value, abs=1e-9), slice_name
-    assert 0 < scored["results"]["harness_mqar"]["acc,none"] <= 1
+    assert_scores_equal_the_harness_accuracy(tmp_path, rows)
+
+
+def test_lm_evals_own_command_scores_the_checkpoint_without_importing_the_harness(trained, tmp_path):
+    """`python -m lm_eval run` is lm-eval alone: nothing registers harness_lm but the checkpoint's own remote code."""
+    _, checkpoint, rows = trained
+    command = [
+        sys.executable, "-m", "lm_eval", "run", "--model", "hf",
+        "--model_args", f"pretrained={checkpoint},trust_remote_code=True", "--tasks", "harness_mqar",
+        "--include_path", str(checkpoint / "lm_eval_tasks"), "--device", "cpu", "--batch_size", "32",
+        "--output_path", str(tmp_path / "out"),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=fresh_process_env(tmp_path), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_scores_equal_the_harness_accuracy(tmp_path / "out", rows)
+
+
+FRESH_LOAD = """
+import json, sys
+from transformers import AutoModelForCausalLM, pipeline
+
+checkpoint, prompt = sys.argv[1:]
+assert "harness" not in sys.modules
+messages = {}
+try:
+    AutoModelForCausalLM.from_pretrained(checkpoint)  # transformers asks on stdin first, prompt on stdout
+except ValueError as err:
+    messages["without_trust"] = str(err)
+sys.modules["harness"] = None  # as where the harness is not installed
+try:
+    AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
+except ImportError as err:
+    messages["without_harness"] = str(err)
+del sys.modules["harness"]
+model = AutoModelForCausalLM.from_pretrained(checkpoint, trust_remote_code=True)
+generator = pipeline("text-generation", model=checkpoint, trust_remote_code=True, device="cpu")
+text = generator(prompt, max_new_tokens=3, do_sample=False)[0]["generated_text"]
+print("\\n" + json.dumps(dict(messages, model_class=type(model).__module__ + "." + type(model).__name__, text=text)))
+"""
+
+
+def test_a_fresh_process_loads_the_checkpoint_and_generates_with_remote_code(trained, tmp_path):
+    _, checkpoint, _ = trained
+    doc = json.loads(
+        (checkpoint / "lm_eval_tasks" / "harness_mqar__seq_len_64_pairs_2.jsonl").read_text().split("\n")[0]
+    )
+    prompt = doc["context"]
+    command = [sys.executable, "-c", FRESH_LOAD, str(checkpoint), prompt]
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=fresh_process_env(tmp_path), cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout.strip().splitlines()[-1])
+    # the model class is the checkpoint's remote code, a subclass of the harness's
+    assert found["model_class"].startswith("transformers_modules.") and found["model_class"].endswith(
+        "HarnessForCausalLM"
+    )
+    # errors that say what to do: pass trust_remote_code, or install the harness
+    assert "trust_remote_code=True" in found["without_trust"]
+    assert "install the harness" in found["without_harness"] and "\n" not in found["without_harness"]
+    assert "not supported" not in result.stderr  # the pipeline knows the class
+    # the pipeline's greedy continuation is the harness model's, words spaced as in the prompt
+    model = AutoModelForCausalLM.from_pretrained(checkpoint).eval()
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    greedy = model.generate(ids, max_new_tokens=3, do_sample=False)[0, ids.shape[1] :]
+    words = tokenizer.convert_ids_to_tokens(greedy.tolist())
+    assert found["text"] == prompt + "".join(" " + word for word in words)
 
 
 def test_harness_eval_appends_tidy_rows(trained):
