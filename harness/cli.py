@@ -422,13 +422,16 @@ def export_tasks(
     scale: Annotated[str | None, typer.Option(help="Suite scale; default: the suite's first.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the test data (as in `harness run`).")] = 0,
 ) -> None:
-    """Write a suite's synthetic tasks as lm-eval tasks over local files (use with --include_path)."""
+    """Write a suite's tasks as lm-eval tasks, one folder each with its data and tokenizer (use with
+    --include_path; a folder can be moved)."""
     _load_plugins()
     from harness.run.export import export_suite
 
     for group, config in export_suite(suite, scale, out, seed).items():
-        typer.echo(f"{group:<28} {config}")
-    typer.echo(f"\nlm-eval tasks written to {out}/ (pass --include_path {out})")
+        typer.echo(f"{out / group}/  {config}")
+    typer.echo(
+        f"\nlm-eval tasks written to {out}/ (pass --include_path {out}; --tasks takes the group names)"
+    )
 
 
 @app.command("list")

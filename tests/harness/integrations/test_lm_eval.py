@@ -3,6 +3,7 @@ scored by lm-eval's own command line on its exported test slices; the score is t
 same examples, also in a process that never imports the harness (the checkpoint's trust_remote_code modules do).
 `harness eval` writes the same numbers as rows of the results store."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -10,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import harness.integrations.hf_model  # noqa: F401  (registers harness_lm)
@@ -180,26 +180,64 @@ def test_checkpoint_tokenizer_reads_the_exported_documents(trained):
     assert len(ids) == doc["position"] + 2 and max(ids) < tokenizer.eos_token_id
 
 
-def test_every_registered_task_exports(tmp_path):
+def test_every_registered_task_exports_under_a_name_of_its_own_with_its_tokenizer(tmp_path):
     exported = {}
     for suite in ("smoke", "recall", "localization", "reasoning", "lm"):
         for group, config in export_suite(suite, "tiny", tmp_path / suite).items():
+            assert group not in exported, f"{group} exported twice"  # e.g. smoke's and recall's MQAR differ
+            assert group.startswith(f"harness_{suite}_tiny_"), group
             exported[group] = (suite, config)
     tasks = {name.replace("-", "_") for name in TASKS.names()}
-    assert {f"harness_{name}" for name in tasks} <= set(exported)
+    assert {name.split("_tiny_")[1] for name in exported} >= tasks
     for group, (suite, config) in exported.items():
+        folder = tmp_path / suite / group
+        tokenizer = AutoTokenizer.from_pretrained(folder)  # the export's own tokenizer
+        spec = json.loads((folder / f"{group}.yaml").read_text())
         if suite == "lm":  # held-out documents of the corpus, scored as perplexity
-            spec = json.loads((tmp_path / suite / f"{group}.yaml").read_text())
             assert spec["output_type"] == "loglikelihood_rolling"
-            texts = Path(spec["dataset_kwargs"]["data_files"]["test"]).read_text().splitlines()
+            texts = (folder / spec["dataset_kwargs"]["data_files"]["test"]).read_text().splitlines()
             assert len(texts) == config.lm_eval_documents and all(json.loads(t)["text"] for t in texts)
+            assert len(tokenizer) == TASKS.get("lm")().vocab_size(config)
             continue
-        task_name = json.loads((tmp_path / suite / f"{group}.yaml").read_text())["task"][0]
-        task_yaml = json.loads((tmp_path / suite / f"{task_name}.yaml").read_text())
+        task_yaml = json.loads((folder / f"{spec['task'][0]}.yaml").read_text())
         words = TASKS.get(task_yaml["metadata"]["harness_task"])().vocabulary(config)
-        tokenizer = build_tokenizer(words)
-        data = Path(task_yaml["dataset_kwargs"]["data_files"]["test"])
-        doc = json.loads(data.read_text().splitlines()[0])
+        # data files are named relative to the export's folder
+        data = task_yaml["dataset_kwargs"]["data_files"]["test"]
+        assert not Path(data).is_absolute()
+        doc = json.loads((folder / data).read_text().splitlines()[0])
         ids = tokenizer(doc["context"] + " " + doc["target"])["input_ids"]
+        assert ids == build_tokenizer(words)(doc["context"] + " " + doc["target"])["input_ids"]
         assert len(ids) == doc["position"] + 2, group
-        assert torch.tensor(ids).max() < len(words)
+        assert max(ids) < len(words)
+
+
+def test_an_export_moved_elsewhere_still_loads_in_lm_eval(tmp_path, monkeypatch):
+    from lm_eval.tasks import TaskManager
+
+    (group,) = export_suite("smoke", "tiny", tmp_path / "first")
+    documents = (tmp_path / "first" / group / f"{group}__seq_len_64_pairs_2.jsonl").read_text().splitlines()
+    (tmp_path / "first").rename(tmp_path / "moved")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative paths must not be read from the working directory
+    loaded = TaskManager(include_path=str(tmp_path / "moved")).load([group])
+    task = loaded["tasks"][f"{group}__seq_len_64_pairs_2"]
+    assert [doc["context"] for doc in task.test_docs()] == [json.loads(line)["context"] for line in documents]
+
+
+def test_export_names_tell_configs_of_one_task_apart_readably():
+    from harness.registry import SUITES
+    from harness.run.export import export_names
+
+    kimi = SUITES.get("kimi").at("tiny", "kimi").tasks
+    names = export_names("kimi", "tiny", kimi, seed=0)
+    assert len(set(names)) == len(names)
+    assert "harness_kimi_tiny_mqar_test_settings_128_8" in names
+    assert export_names("smoke", "tiny", SUITES.get("smoke").at("tiny", "smoke").tasks, seed=2) == [
+        "harness_smoke_tiny_mqar_seed2"
+    ]
+    # whatever field tells two configs apart names them
+    (mqar,) = SUITES.get("smoke").at("tiny", "smoke").tasks
+    twins = (mqar, (mqar[0], dataclasses.replace(mqar[1], power_a=0.02)))
+    first, second = export_names("smoke", "tiny", twins, seed=0)
+    assert first != second and first.startswith("harness_smoke_tiny_mqar_power_a_")
