@@ -446,7 +446,9 @@ def list_() -> None:
     typer.echo("mixers:")
     for name, cls in MIXERS.items():
         typer.echo(f"  {name:<12} {first_line(__import__(cls.__module__, fromlist=['_']))}")
-    typer.echo("models (ARCH[@SIZE]; also ratios such as kda:mla=3:1):")
+    typer.echo(
+        "models (ARCH[@SIZE]: a mixer above in every layer, a preset below, or a ratio such as kda:mla=3:1):"
+    )
     for name, arch in ARCHITECTURES.items():
         typer.echo(f"  {name:<12} {arch.description}")
     typer.echo("sizes:")

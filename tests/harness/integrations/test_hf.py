@@ -12,6 +12,7 @@ from harness.integrations.hf_model import HarnessForCausalLM
 from models.backbone import LanguageModel
 from models.presets import build_model_config
 from tasks.base import word_level_tokenizer as build_tokenizer
+from tests.models.checks import decoding_models
 
 VOCAB = 20
 EOS, PAD = VOCAB, VOCAB + 1
@@ -34,7 +35,7 @@ def count_tokens(model: HarnessForCausalLM) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("arch", ["kda", "gdn", "mamba2", "mla", "mla-nope", "kimi"])
+@pytest.mark.parametrize("arch", decoding_models())  # every mixer, plugins' too
 def test_cached_generation_equals_recomputing_every_step_on_a_left_padded_batch(arch):
     model = hf_model(arch)
     prompts = torch.randint(VOCAB, (3, 7), generator=torch.Generator().manual_seed(1))
