@@ -32,8 +32,8 @@ AUTO_MAP = {
 }
 
 # The start of both modules. The harness is imported inside a try block: transformers checks the top-level
-# imports of remote code and would otherwise stop at its own advice, "pip install harness" (on PyPI that name is
-# another project), before this message could say what to do.
+# imports of remote code and would otherwise stop at its own advice, "pip install harness" (which installs
+# whatever a package index holds under that name), before this message could say where the harness comes from.
 _HEADER = '''"""The {what} of a harness checkpoint, for transformers' trust_remote_code=True (written by
 harness/integrations/remote_code.py): the installed harness's own code."""
 
