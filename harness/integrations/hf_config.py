@@ -47,6 +47,8 @@ class HarnessLMConfig(PretrainedConfig):
         try:
             load_plugins(self.plugins or ())
         except HarnessError as err:
+            if not self.plugins:
+                raise
             raise HarnessError(
                 f"this model's mixers come from plugin modules ({', '.join(self.plugins)}): install the package that"
                 f" provides them where you load it ({err})"
