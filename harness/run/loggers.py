@@ -173,7 +173,7 @@ def _tensorboard_writer(log_dir: Path):
     require_tensorboard()
     from torch.utils.tensorboard import SummaryWriter  # optional dependency, checked above
 
-    return SummaryWriter(log_dir=str(log_dir))
+    return SummaryWriter(log_dir=str(log_dir), flush_secs=10)  # a running cell shows up within seconds
 
 
 def _wandb_run(cell, options: WandbOptions):

@@ -121,8 +121,9 @@ def train(
     validation loss and accuracy (means over slices), the current lr, training throughput since the last point
     (tokens/s, evaluation excluded) and peak memory so far (GiB: CUDA allocations, or the process's RSS on a CPU).
     With `logger` (TensorBoard, W&B: harness/run/loggers.py), every step's loss and every history point go there
-    too; the caller finishes it. With `checkpointing`, the model, optimizer, schedule, RNG states, step and history are saved now
-    and then, and a run that finds a checkpoint continues from it (the batch order is replayed from the seed).
+    too; the caller finishes it. With `checkpointing`, the model, optimizer, schedule, RNG states, step and
+    history are saved now and then, and a run that finds a checkpoint continues from it (the batch order is
+    replayed from the seed).
     """
     result = TrainResult()
     start = time.perf_counter()
