@@ -1,6 +1,6 @@
 """The `harness` command line: run, status, report, size, list.
 
-    harness run --models kda,gdn,mamba2,mla --suite smoke [--save-checkpoints] [--tensorboard]
+    harness run --models kda,gdn,mamba2,mla --suite smoke [--save-checkpoints] [--tensorboard] [--wandb]
     harness run --grid grid.toml --launcher pool --cells-per-gpu 4
     harness status --out runs
     harness report --out runs
@@ -120,6 +120,13 @@ def run(
             help="Save each trained model as a transformers checkpoint under OUT/checkpoints/<cell id>/.",
         ),
     ] = False,
+    wandb: Annotated[
+        bool,
+        typer.Option(
+            "--wandb", help="Also log each cell as a Weights & Biases run (needs wandb; WANDB_MODE=offline)."
+        ),
+    ] = False,
+    wandb_project: Annotated[str, typer.Option(help="The W&B project of --wandb.")] = "harness",
 ) -> None:
     """Train and evaluate every model on every cell of a suite; print the results table."""
     _load_plugins()
@@ -172,10 +179,17 @@ def run(
             f"waiting for {len(held)} cell(s) that another process runs (see `harness status --out {out}`)"
         )
 
-    if tensorboard:
-        from harness.run.train import require_tensorboard
+    from harness.run.loggers import WandbOptions, require_tensorboard, require_wandb
 
-        require_tensorboard()  # fail now with one line, not inside every cell
+    # a missing optional package fails now with one line, not inside every cell
+    if tensorboard:
+        require_tensorboard()
+    if wandb:
+        require_wandb()
+        mode = os.environ.get("WANDB_MODE", "online")
+        typer.echo(
+            f"W&B: a run per cell in project {wandb_project} ({mode}; wandb's files under {out}/wandb/)"
+        )
     ran, skipped = run_cells(
         cells,
         store,
@@ -185,6 +199,7 @@ def run(
         on_wait=wait,
         checkpoints=out / "checkpoints" if save_checkpoints else None,
         tensorboard=tensorboard,
+        wandb=WandbOptions(project=wandb_project, dir=out) if wandb else None,
     )
     typer.echo(f"\n{ran} cell(s) run, {skipped} already in {out}/ and skipped.\n")
     rows = store.read()
@@ -432,13 +447,16 @@ def export_tasks(
     scale: Annotated[str | None, typer.Option(help="Suite scale; default: the suite's first.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the test data (as in `harness run`).")] = 0,
 ) -> None:
-    """Write a suite's synthetic tasks as lm-eval tasks over local files (use with --include_path)."""
+    """Write a suite's tasks as lm-eval tasks, one folder each with its data and tokenizer (use with
+    --include_path; a folder can be moved)."""
     _load_plugins()
     from harness.run.export import export_suite
 
     for group, config in export_suite(suite, scale, out, seed).items():
-        typer.echo(f"{group:<28} {config}")
-    typer.echo(f"\nlm-eval tasks written to {out}/ (pass --include_path {out})")
+        typer.echo(f"{out / group}/  {config}")
+    typer.echo(
+        f"\nlm-eval tasks written to {out}/ (pass --include_path {out}; --tasks takes the group names)"
+    )
 
 
 @app.command("list")
@@ -453,7 +471,9 @@ def list_() -> None:
     typer.echo("mixers:")
     for name, cls in MIXERS.items():
         typer.echo(f"  {name:<12} {first_line(__import__(cls.__module__, fromlist=['_']))}")
-    typer.echo("models (ARCH[@SIZE]; also ratios such as kda:mla=3:1):")
+    typer.echo(
+        "models (ARCH[@SIZE]: a mixer above in every layer, a preset below, or a ratio such as kda:mla=3:1):"
+    )
     for name, arch in ARCHITECTURES.items():
         typer.echo(f"  {name:<12} {arch.description}")
     typer.echo("sizes:")

@@ -3,7 +3,8 @@
 A plugin is a module that registers mixers, tasks or suites with `harness.registry` when imported. It is found
 through the Python entry-point group `harness.plugins` (an installed package names its module there), or named
 with `--plugin MODULE`. `load_plugins` is the one place that imports them all; worker processes (pool, Ray) call
-it with the same modules, so that they know every name the sweep does.
+it with the same modules, so that they know every name the sweep does, and so does reading a checkpoint's config
+(harness/integrations/hf_config.py). See docs/plugins.md and the worked example in examples/.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ def load_plugins(modules: Sequence[str] = ()) -> None:
     """Import every entry point of the `harness.plugins` group and `modules` (once each); the built-in packages
     are imported with this module."""
     for entry in entry_points(group=ENTRY_POINT_GROUP):
-        _import(entry.value, f"plugin entry point '{entry.name}'")
+        # the module of 'package.module' or 'package.module:attribute' (importing it is what registers)
+        _import(entry.module, f"plugin entry point '{entry.name}'")
     for module in modules:
         _import(module, "--plugin")
 

@@ -50,9 +50,7 @@ class Registry(Generic[T]):
         return self._entries[name]
 
     def unknown_message(self, name: str) -> str:
-        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
-        hint = f"did you mean: {', '.join(close)}?" if close else f"known: {', '.join(sorted(self._entries))}"
-        return f"unknown {self.kind} '{name}'; {hint}"
+        return unknown_message(self.kind, name, list(self._entries))
 
     def names(self) -> list[str]:
         return sorted(self._entries)
@@ -65,6 +63,13 @@ class Registry(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+def unknown_message(kind: str, name: str, known: list[str]) -> str:
+    """ "unknown mixer 'kdaa'; did you mean: kda?" (or the known names, when none is close)."""
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    hint = f"did you mean: {', '.join(close)}?" if close else f"known: {', '.join(sorted(known))}"
+    return f"unknown {kind} '{name}'; {hint}"
 
 
 MIXERS: Registry = Registry("mixer")

@@ -2,7 +2,9 @@
 
 A model is named on the command line as `ARCH[@SIZE]`:
 
-    kda, gdn, mamba2, mla         one mixer in every layer (mla with RoPE; mla-nope without)
+    kda, gdn, mamba2, any mixer   one mixer in every layer: every registered mixer is a model of its name (a
+                                  plugin's too), unless a preset below has that name
+    mla                           MLA in every layer, with RoPE (a preset); mla-nope without
     kimi                          3 kda : 1 mla, NoPE (Kimi Linear)
     gdn-h                         3 gdn : 1 mla, sigmoid output gate (the Kimi report's GDN-H baseline)
     kda:mla=1:1                   any ratio of registered mixers
@@ -16,8 +18,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.errors import HarnessError
-from harness.registry import ARCHITECTURES, MIXERS, SIZES
+from harness.errors import HarnessError, UnknownName
+from harness.registry import ARCHITECTURES, MIXERS, SIZES, unknown_message
 
 from .backbone import ModelConfig
 
@@ -83,8 +85,6 @@ class Architecture:
         return tuple(layers)
 
 
-for _name in ("kda", "gdn", "mamba2"):
-    ARCHITECTURES.add(_name, Architecture(mixers=(_name,), ratio=(1,), description=f"{_name} in every layer"))
 # The full-attention baseline gets decoupled RoPE (half a head wide, as DeepSeek-V2's 64 of 128): a model of
 # attention layers alone has no convolution or recurrence to tell it token order. Measured on the smoke MQAR
 # (tiny, CPU): with RoPE 0.99/1.00 accuracy at 2/4 pairs after 400 steps; NoPE 0.90/0.68 after all 1500 steps.
@@ -119,10 +119,15 @@ _RATIO = re.compile(r"^(?P<names>[\w-]+(?::[\w-]+)+)=(?P<counts>\d+(?::\d+)+)$")
 
 
 def parse_architecture(name: str) -> Architecture:
-    """A registered architecture, or a ratio pattern such as 'kda:mla=3:1'."""
+    """A registered architecture (a preset), a mixer name (that mixer in every layer), or a ratio pattern such as
+    'kda:mla=3:1'."""
     match = _RATIO.match(name)
     if not match:
-        return ARCHITECTURES.get(name)
+        if name in ARCHITECTURES:
+            return ARCHITECTURES.get(name)
+        if name in MIXERS:
+            return Architecture(mixers=(name,), ratio=(1,), description=f"{name} in every layer")
+        raise UnknownName(unknown_message("model", name, [*ARCHITECTURES.names(), *MIXERS.names()]))
     names, counts = match["names"].split(":"), [int(c) for c in match["counts"].split(":")]
     if len(names) != len(counts) or min(counts) < 1:
         raise HarnessError(f"bad hybrid '{name}': give one positive count per mixer, e.g. kda:mla=3:1")

@@ -213,9 +213,15 @@ EOS, PAD = "<eos>", "<pad>"
 
 def word_level_tokenizer(words: list[str]):
     """A transformers PreTrainedTokenizerFast that splits on whitespace and maps word i of `words` to id i; EOS
-    and pad follow as ids len(words) and len(words) + 1."""
+    and pad follow as ids len(words) and len(words) + 1.
+
+    Every token decodes as its word with one space before it, the convention of GPT-2's tokens: decoding the
+    continuation of a prompt gives " v12 v9", which joins the prompt with its space (transformers'
+    text-generation pipeline appends the decoded new tokens to the prompt as they are). Decoding a whole text
+    gives it with one leading space: `decode(encode(text)) == " " + text`, and encoding that again gives the
+    same ids."""
     # slow to import, and only checkpoints need a tokenizer
-    from tokenizers import Tokenizer, models, pre_tokenizers
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
     vocab = {word: i for i, word in enumerate([*words, EOS, PAD])}
@@ -225,8 +231,15 @@ def word_level_tokenizer(words: list[str]):
         )
     tokenizer = Tokenizer(models.WordLevel(vocab, unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    # each token's text gets a space in front ("^" matches once, at the start of the token)
+    tokenizer.decoder = decoders.Replace(Regex("^"), " ")
     return PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, eos_token=EOS, pad_token=PAD, padding_side="left"
+        tokenizer_object=tokenizer,
+        eos_token=EOS,
+        pad_token=PAD,
+        padding_side="left",
+        # transformers' clean-up would glue punctuation words such as '?' to the word before them
+        clean_up_tokenization_spaces=False,
     )
 
 

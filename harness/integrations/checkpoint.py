@@ -2,6 +2,8 @@
 tokenizer + the cell's provenance + its test slices as lm-eval tasks.
 
     DIR/model.safetensors, config.json, generation_config.json     AutoModelForCausalLM.from_pretrained(DIR)
+    DIR/configuration_harness.py, modeling_harness.py              what trust_remote_code=True loads (they import
+                                                                   the installed harness; remote_code.py)
     DIR/tokenizer.json, tokenizer_config.json                      AutoTokenizer.from_pretrained(DIR)
     DIR/harness.json                                               the cell, its training outcome and test slices
     DIR/lm_eval_tasks/                                             the task's lm-eval export (Task.lm_eval_exports)
@@ -10,6 +12,11 @@ The tokenizer is the task's (`Task.tokenizer`). The synthetic tasks' word-level 
 word (same ids as the task) and then EOS and pad: those two ids are added to the model's vocabulary at save time
 with zero embeddings and -inf logits (they were never trained), so the saved model predicts exactly what the
 trained one did.
+
+With trust_remote_code=True the folder loads where the harness was never imported: `lm_eval --model hf
+--model_args pretrained=DIR,trust_remote_code=True --tasks harness_mqar --include_path DIR/lm_eval_tasks`,
+`AutoModelForCausalLM.from_pretrained(DIR, trust_remote_code=True)`, `pipeline("text-generation", model=DIR,
+trust_remote_code=True)`.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ several seconds, so it lives in its own module, which registers it with AutoMode
 
     import harness.integrations.hf_model  # noqa: F401
     model = AutoModelForCausalLM.from_pretrained(checkpoint_dir)    # no remote code, no pickle
+
+A config names the plugin modules its mixers come from (`plugins`), and importing them is part of reading it, so
+that a checkpoint of a mixer from outside the package loads where that package is installed.
 """
 
 from __future__ import annotations
@@ -13,6 +16,8 @@ from typing import Any
 
 from transformers import AutoConfig, PretrainedConfig
 
+from harness.errors import HarnessError
+from harness.plugins import load_plugins
 from harness.registry import MIXERS
 from models.backbone import ModelConfig
 
@@ -30,6 +35,8 @@ class HarnessLMConfig(PretrainedConfig):
     trained_vocab_size: int | None = None
     """Token ids from here on were added for the tokenizer (EOS, pad) and never trained: their logits are -inf, so
     they never change a prediction. None: every id is a model token."""
+    plugins: list[str] | None = None
+    """Modules outside the harness's `models` package that register mixers of this model (plugins)."""
     vocab_size: int = 0
     hidden_size: int = 0
     num_hidden_layers: int = 0
@@ -37,6 +44,15 @@ class HarnessLMConfig(PretrainedConfig):
 
     def model_config(self) -> ModelConfig:
         """The models.backbone.ModelConfig this config describes."""
+        try:
+            load_plugins(self.plugins or ())
+        except HarnessError as err:
+            if not self.plugins:
+                raise
+            raise HarnessError(
+                f"this model's mixers come from plugin modules ({', '.join(self.plugins)}): install the package that"
+                f" provides them where you load it ({err})"
+            ) from None
         fields = {k: _tuples(v) for k, v in (self.model or {}).items()}
         fields["mixers"] = {name: MIXERS.get(name).Config(**cfg) for name, cfg in fields["mixers"].items()}
         return ModelConfig(**fields)
@@ -45,9 +61,11 @@ class HarnessLMConfig(PretrainedConfig):
 def config_from_model(model_config: Any, trained_vocab_size: int | None = None, **kwargs) -> HarnessLMConfig:
     """The transformers config of a models.backbone.ModelConfig."""
     as_dict = dataclasses.asdict(model_config)
+    modules = {MIXERS.get(name).__module__ for name in model_config.mixers}
     return HarnessLMConfig(
         model=as_dict,
         trained_vocab_size=trained_vocab_size,
+        plugins=sorted(m for m in modules if m.split(".")[0] != "models") or None,
         vocab_size=model_config.vocab_size,
         hidden_size=model_config.d_model,
         num_hidden_layers=len(model_config.layers),

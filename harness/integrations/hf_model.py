@@ -5,7 +5,9 @@ so training keeps its own fast path. `generate()` uses the model's own decoding 
 convolution states, MLA's latent cache), made at the first forward and handed back through the output's `cache`.
 Left-padded batches are supported (pads masked in every mixer); right padding is not.
 
-Importing this module registers the class with AutoModelForCausalLM for model_type `harness_lm`.
+Importing this module registers the class with AutoModelForCausalLM for model_type `harness_lm`. A saved model
+also loads without that import, with `trust_remote_code=True`: `save_pretrained` writes the two modules that
+transformers then loads (remote_code.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from harness.integrations.hf_config import HarnessLMConfig, config_from_model
+from harness.integrations.remote_code import AUTO_MAP, write_remote_code
 from models.backbone import LanguageModel, ModelCache
 
 
@@ -62,6 +65,13 @@ class HarnessForCausalLM(PreTrainedModel, GenerationMixin):
             state[key] = F.pad(state[key], (0, 0, 0, added_tokens))
         hf.model.load_state_dict(state)
         return hf.to(next(model.parameters()).device)
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """transformers' save_pretrained, plus the config's `auto_map` and the modules it names, so that the folder
+        loads with trust_remote_code=True in a process that never imported the harness (remote_code.py)."""
+        self.config.auto_map = dict(AUTO_MAP)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        write_remote_code(save_directory)
 
     def get_input_embeddings(self):
         return self.model.embed

@@ -3,7 +3,8 @@
     python -m harness.integrations.lm_eval_cli --model hf --model_args pretrained=CHECKPOINT \
         --tasks harness_mqar --include_path CHECKPOINT/lm_eval_tasks --device cpu
 
-takes every argument lm-eval's `lm_eval` command takes.
+takes every argument lm-eval's `lm_eval` command takes. (lm-eval's own `lm_eval` loads a harness checkpoint too,
+with `--model_args pretrained=CHECKPOINT,trust_remote_code=True`: see remote_code.py.)
 """
 
 from lm_eval.__main__ import cli_evaluate

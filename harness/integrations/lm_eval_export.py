@@ -5,7 +5,8 @@ holds one YAML and one JSONL file per lm-eval task; pass it to lm-eval with `--i
 
 'next-word' exports (the synthetic probes): each test slice becomes one lm-eval task,
 `harness_<task>__<slice>` (e.g. `harness_mqar__seq_len_64_pairs_2`), and the task a group over its slices,
-`harness_<task>`. The harness scores every labelled position p of an example under teacher forcing: the model
+`harness_<task>` (in a checkpoint's own export; `harness export-tasks` puts the suite and scale in front, see
+harness/run/export.py). The harness scores every labelled position p of an example under teacher forcing: the model
 reads inputs[:p+1] and is right if its argmax is labels[p] (`accuracy`, per answer token). Here each labelled
 position is one document: context = the text of inputs[:p+1], target = the word of labels[p], output_type
 `loglikelihood`, and lm-eval's `acc` for that output type is 1 when the target is the greedy continuation. For a
@@ -17,7 +18,11 @@ greedy.
 'perplexity' exports (language modelling): one task, `harness_<task>`, output_type `loglikelihood_rolling` over
 each document's text, scored as word and byte perplexity and bits per byte (comparable across tokenizers).
 
-The data files are named by absolute path: export again after moving the folder.
+A folder stands alone: its YAMLs name their data files relative to themselves, so it can be moved or copied to
+another machine. lm-eval hands `dataset_kwargs.data_files` to `datasets.load_dataset`, which would read a relative
+path from the working directory; the one thing lm-eval resolves next to a YAML is a `!function`. So every task
+YAML includes `harness_data.yaml`, whose `custom_dataset: !function harness_data.load` is `harness_data.py` of the
+same folder: it reads the data files from its own folder (the standard library and `datasets` only, no harness).
 """
 
 from __future__ import annotations
@@ -30,6 +35,31 @@ from typing import Any
 from tasks.base import LmEvalExport, Slice, Task
 
 PREFIX = "harness_"
+
+# What every task YAML of a folder includes (lm-eval resolves `include` and `!function` next to the YAML).
+DATA_YAML = "harness_data.yaml"
+DATA_MODULE = "harness_data.py"
+_DATA_YAML_TEXT = """\
+# Included by every task YAML of this folder: its documents are read by harness_data.py, next to this file,
+# wherever the folder is (written by the harness's harness/integrations/lm_eval_export.py).
+custom_dataset: !function harness_data.load
+"""
+_DATA_MODULE_TEXT = '''\
+"""The data of the lm-eval tasks of this folder (written by the harness's harness/integrations/lm_eval_export.py).
+
+lm-eval calls `load` with the task's `dataset_kwargs` and metadata; the data files are named relative to this
+folder, so that it can be moved.
+"""
+
+from pathlib import Path
+
+import datasets
+
+
+def load(data_files, **metadata):
+    here = Path(__file__).resolve().parent
+    return datasets.load_dataset("json", data_files={split: str(here / name) for split, name in data_files.items()})
+'''
 
 # lm-eval's fields for each kind of export
 NEXT_WORD = dict(
@@ -52,10 +82,10 @@ PERPLEXITY = dict(
 KINDS = {"next-word": NEXT_WORD, "perplexity": PERPLEXITY}
 
 
-def group_name(task_name: str, index: int = 1) -> str:
-    """'mqar' -> 'harness_mqar'; a second config of the same task in one export gets '_2', and so on."""
-    name = PREFIX + task_name.replace("-", "_")
-    return name if index == 1 else f"{name}_{index}"
+def group_name(task_name: str) -> str:
+    """'fuzzy-recall' -> 'harness_fuzzy_recall': the name of a checkpoint's own export (it holds one task config;
+    `harness export-tasks` names a suite's exports so that they are unique, harness/run/export.py)."""
+    return PREFIX + task_name.replace("-", "_")
 
 
 def slice_task_name(group: str, slice_name: str) -> str:
@@ -73,8 +103,10 @@ def export_task(
 ) -> list[str]:
     """Write the task's lm-eval export under `out`; returns the names of what was written: the group (or the one
     task) first, then its tasks."""
-    out = Path(out).resolve()
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / DATA_YAML).write_text(_DATA_YAML_TEXT)
+    (out / DATA_MODULE).write_text(_DATA_MODULE_TEXT)
     group = group or group_name(task_name)
     exports = task.lm_eval_exports(config, test_slices)
     whole = [export for export in exports if export.slice is None]
@@ -92,14 +124,14 @@ def export_task(
 
 
 def _write_task(out: Path, name: str, export: LmEvalExport, metadata: dict[str, Any]) -> None:
-    """An lm-eval task over the JSONL file of its documents (its test split). JSON is valid YAML: no YAML library
-    needed, and no quoting surprises in paths or slice names."""
-    data = out / f"{name}.jsonl"
-    data.write_text("".join(json.dumps(doc) + "\n" for doc in export.documents))
+    """An lm-eval task over the JSONL file of its documents (its test split), named relative to the folder. JSON is
+    valid YAML: no YAML library needed, and no quoting surprises in names."""
+    data = f"{name}.jsonl"
+    (out / data).write_text("".join(json.dumps(doc) + "\n" for doc in export.documents))
     config = {
         "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {"data_files": {"test": str(data)}},
+        "include": DATA_YAML,
+        "dataset_kwargs": {"data_files": {"test": data}},
         "test_split": "test",
         **KINDS[export.kind],
         "metadata": metadata,

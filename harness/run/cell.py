@@ -24,6 +24,7 @@ from harness.results.schema import Row
 from harness.run.data import cell_data
 from harness.run.device import autocast_dtype, resolve_device
 from harness.run.evaluate import evaluate, loss_by_position
+from harness.run.loggers import RunLogger, WandbOptions, final_metrics
 from harness.run.train import Checkpointing, TrainConfig, TrainResult, train
 from models.backbone import LanguageModel, ModelConfig
 from tasks.base import Slice
@@ -90,7 +91,9 @@ class CellOptions:
     """Save the trained model there as a transformers checkpoint, with its tokenizer and its test slices as
     lm-eval tasks (harness/integrations/checkpoint.py)."""
     log_dir: Path | None = None
-    """Log the training curve to TensorBoard there."""
+    """Log the training curve, hyper-parameters and final metrics to TensorBoard there (harness/run/loggers.py)."""
+    wandb: WandbOptions | None = None
+    """Log the same as a Weights & Biases run."""
 
 
 def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -105,7 +108,10 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
     start = time.perf_counter()
     base = cell_row(cell)
     task = TASKS.get(cell.task_name)()
+    logger = None
     try:
+        if options.log_dir is not None or options.wandb is not None:
+            logger = RunLogger(cell, options.log_dir, options.wandb)
         data = cell_data(cell.task_name, cell.task, cell.seed)
         device = resolve_device(cell.train.device)
         torch.manual_seed(cell.seed)
@@ -120,17 +126,23 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
             device,
             description=cell.label,
             checkpointing=options.checkpointing,
-            log_dir=options.log_dir,
+            logger=logger,
         )
         metrics = evaluate(model, data.test, cell.train, device)
         for piece in data.test:
             metrics[piece.name].update(task.slice_metrics(cell.task, piece, metrics[piece.name]))
         trained = _Trained(model, cell, data.test, metrics, outcome, device, options, base)
         extra = task.extra_rows(cell.task, trained, data.test)
+        if logger is not None:
+            logger.finish(final_metrics(metrics, outcome.steps))
+            logger = None
     except torch.cuda.OutOfMemoryError as err:
         return [_failure_row(base, "oom", err, start).to_dict()], {}
     except Exception as err:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         return [_failure_row(base, "failed", err, start).to_dict()], {"traceback": traceback.format_exc()}
+    finally:
+        if logger is not None:  # the cell failed before it had final metrics
+            logger.finish(None)
     status = "diverged" if outcome.diverged else "ok"
     meta = {"history": outcome.history, "train_wall_s": outcome.wall_s}
     if options.save_dir is not None:

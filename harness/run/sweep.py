@@ -15,6 +15,7 @@ from harness.registry import MIXERS, SUITES, TASKS
 from harness.results.store import Lease, ResultStore, atomic_write
 from harness.run.cell import Cell, CellOptions
 from harness.run.launchers import InProcess, Launcher
+from harness.run.loggers import WandbOptions, run_name
 from harness.run.sizing import SizeMatch, match_size
 from harness.run.train import Checkpointing, TrainConfig
 from models.presets import build_model_config, parse_architecture, split_model_token
@@ -151,6 +152,7 @@ def run_cells(
     checkpoints: Path | None = None,
     tensorboard: bool = False,
     on_wait: Callable[[list[Cell]], None] | None = None,
+    wandb: WandbOptions | None = None,
 ) -> tuple[int, int]:
     """Run the cells that are not in the store yet; returns (ran, skipped).
 
@@ -158,8 +160,8 @@ def run_cells(
     on one store never run the same cell: cells another live process holds are waited for, and taken over if
     that process dies (`on_wait` hears of them once). Long cells save checkpoints `checkpoint_every` (steps or
     seconds) and resume from them. With `checkpoints`, each cell run saves its trained model as a transformers
-    checkpoint under checkpoints/<cell id>/; with `tensorboard`, its training curve goes to
-    STORE/tensorboard/<cell id>/.
+    checkpoint under checkpoints/<cell id>/; with `tensorboard`, its training curve, hyper-parameters and final
+    metrics go to STORE/tensorboard/<label>_<cell id>/, with `wandb` to a W&B run (harness/run/loggers.py).
     """
     launcher = launcher or InProcess()
     store.tidy()
@@ -184,7 +186,9 @@ def run_cells(
                     skipped += 1
                 else:
                     leases[cell.id] = lease
-                    launcher.submit(cell, _options(store, cell, checkpoint_every, checkpoints, tensorboard))
+                    launcher.submit(
+                        cell, _options(store, cell, checkpoint_every, checkpoints, tensorboard, wandb)
+                    )
             todo = waiting
             if not leases:
                 if on_wait and not told:
@@ -230,7 +234,12 @@ class Every:
 
 
 def _options(
-    store: ResultStore, cell: Cell, every: Every | None, checkpoints: Path | None, tensorboard: bool
+    store: ResultStore,
+    cell: Cell,
+    every: Every | None,
+    checkpoints: Path | None,
+    tensorboard: bool,
+    wandb: WandbOptions | None,
 ) -> CellOptions:
     checkpointing = (
         None
@@ -240,7 +249,8 @@ def _options(
     return CellOptions(
         checkpointing=checkpointing,
         save_dir=None if checkpoints is None else checkpoints / cell.id,
-        log_dir=store.root / "tensorboard" / cell.id if tensorboard else None,
+        log_dir=store.root / "tensorboard" / run_name(cell) if tensorboard else None,
+        wandb=wandb,
     )
 
 

@@ -18,10 +18,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from harness.config import ADDED_LATER
-from harness.errors import HarnessError
 from harness.results.store import atomic_write
 from harness.run.device import autocast_dtype, peak_memory_gib
 from harness.run.evaluate import evaluate
+from harness.run.loggers import EVALUATION_FIELDS, RunLogger
 from tasks.base import IGNORE, Slice, TrainingStream
 
 SCHEDULES = ("cosine", "wsd")
@@ -87,24 +87,6 @@ class TrainResult:
     """Training loss summed over the steps since the last history point (kept here so that a checkpoint has it)."""
 
 
-def require_tensorboard() -> None:
-    """Raise a one-line HarnessError when the tensorboard package is missing (logging is optional)."""
-    try:
-        import torch.utils.tensorboard  # noqa: F401  (optional: only --tensorboard needs it)
-    except ImportError:
-        raise HarnessError(
-            "TensorBoard logging needs the tensorboard package: pip install tensorboard (or run without --tensorboard)"
-        ) from None
-
-
-def tensorboard_writer(log_dir: Path):
-    """A TensorBoard SummaryWriter writing to `log_dir`."""
-    require_tensorboard()
-    from torch.utils.tensorboard import SummaryWriter  # optional dependency, checked above
-
-    return SummaryWriter(log_dir=str(log_dir))
-
-
 @dataclass(frozen=True)
 class Checkpointing:
     """Where and how often `train` saves its state. Not part of a cell's config: it changes no result."""
@@ -131,18 +113,19 @@ def train(
     device: torch.device,
     description: str = "",
     checkpointing: Checkpointing | None = None,
-    log_dir: Path | None = None,
+    logger: RunLogger | None = None,
 ) -> TrainResult:
     """Train in place; returns step count, tokens seen, divergence and the validation history.
 
     Every `eval_every` steps the history gets one point: step, tokens, mean training loss since the last point,
     validation loss and accuracy (means over slices), the current lr, training throughput since the last point
-    (tokens/s, evaluation excluded) and peak memory so far (GiB: CUDA allocations, or the process's RSS on a CPU). With `log_dir`, the same goes to
-    TensorBoard. With `checkpointing`, the model, optimizer, schedule, RNG states, step and history are saved now
-    and then, and a run that finds a checkpoint continues from it (the batch order is replayed from the seed).
+    (tokens/s, evaluation excluded) and peak memory so far (GiB: CUDA allocations, or the process's RSS on a CPU).
+    With `logger` (TensorBoard, W&B: harness/run/loggers.py), every step's loss and every history point go there
+    too; the caller finishes it. With `checkpointing`, the model, optimizer, schedule, RNG states, step and
+    history are saved now and then, and a run that finds a checkpoint continues from it (the batch order is
+    replayed from the seed).
     """
     result = TrainResult()
-    writer = tensorboard_writer(log_dir) if log_dir is not None else None
     start = time.perf_counter()
     model.to(device).train()
     optimizer = make_optimizer(model, config)
@@ -185,7 +168,10 @@ def train(
         result.steps = step
         result.tokens_seen += inputs.numel()
         window_tokens += inputs.numel()
-        result.loss_sum, result.loss_count = result.loss_sum + loss.item(), result.loss_count + 1
+        step_loss = loss.item()
+        result.loss_sum, result.loss_count = result.loss_sum + step_loss, result.loss_count + 1
+        if logger is not None:
+            logger.log(step, {"train_loss_step": step_loss})
         bar.update(1)
         if step % config.eval_every == 0 or step == config.max_steps:
             tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
@@ -202,10 +188,8 @@ def train(
             )
             result.history.append(point)
             result.loss_sum, result.loss_count = 0.0, 0
-            if writer is not None:
-                for key in ("train_loss", "valid_loss", "valid_accuracy", "current_lr", "tokens_per_s"):
-                    writer.add_scalar(key, point[key], step)
-                writer.flush()
+            if logger is not None:
+                logger.log(step, {key: point[key] for key in EVALUATION_FIELDS})
             accuracy = point["valid_accuracy"]
             bar.set_postfix(loss=f"{point['train_loss']:.3f}", valid_acc=f"{accuracy:.3f}")
             model.train()
@@ -217,8 +201,6 @@ def train(
             start = last_save = time.perf_counter()
             save_checkpoint(checkpointing.path, model, optimizer, schedule, result)
     bar.close()
-    if writer is not None:
-        writer.close()
     result.wall_s += time.perf_counter() - start
     return result
 

@@ -4,9 +4,16 @@ The references here are written from the papers' equations, not from `models/`, 
 two independent computations.
 """
 
+import inspect
+
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from harness.plugins import load_plugins
+from harness.registry import MIXERS
+from models.presets import build_model_config
 
 # Relative RMS error allowed between a float64 model and a reference written in the test. The models compute
 # their norms and gates in float32 whatever the input dtype, so agreement stops near 1e-7; a wrong formula is
@@ -81,3 +88,26 @@ def delta_rule_inputs_ref(inputs: nn.Module, x: Tensor, H: int, K: int, negative
     v = causal_conv_ref(x @ inputs.v_proj.weight.T, inputs.v_conv.conv).view(B, T, H, K)
     beta = torch.sigmoid(x @ inputs.b_proj.weight.T)  # (B, T, H)
     return q, k, v, (2 * beta if negative_eigenvalues else beta)
+
+
+def supports_decoding(mixer_cls) -> bool:
+    """Whether a mixer takes a decoding state (models/backbone.py: a new mixer may be trained before it does)."""
+    return "state" in inspect.signature(mixer_cls.forward).parameters
+
+
+def contract_models() -> list[str]:
+    """Model tokens that cover every registered mixer, plugins' included (one mixer in every layer), and the
+    presets whose layers mix or configure mixers otherwise (mla-nope, kimi)."""
+    load_plugins()
+    return sorted({*MIXERS.names(), "mla-nope", "kimi"})
+
+
+def decoding_models() -> list:
+    """contract_models, those whose mixers cannot decode yet marked to skip the decoding tests."""
+    params = []
+    for token in contract_models():
+        layers = build_model_config(token, "tiny", vocab_size=8).layers
+        missing = [name for name in dict.fromkeys(layers) if not supports_decoding(MIXERS.get(name))]
+        marks = [pytest.mark.skip(reason=f"{', '.join(missing)} takes no decoding state")] if missing else []
+        params.append(pytest.param(token, marks=marks))
+    return params

@@ -7,11 +7,12 @@ import torch
 from models.backbone import LanguageModel
 from models.presets import build_model_config
 
+from .checks import decoding_models
+
 VOCAB = 20
-ARCHS = ["kda", "gdn", "mamba2", "mla", "mla-nope", "kimi"]
 
 
-@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("arch", decoding_models())
 def test_prefill_then_steps_equal_one_forward_also_left_padded(arch):
     torch.manual_seed(0)
     model = LanguageModel(build_model_config(arch, "tiny", vocab_size=VOCAB)).eval()

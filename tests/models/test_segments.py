@@ -7,6 +7,8 @@ from models.backbone import LanguageModel, per_document
 from models.layers import PackedDocuments, ShortConvolution
 from models.presets import build_model_config
 
+from .checks import contract_models
+
 SEGMENTS = torch.tensor([[0, 0, 0, 0, 0, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3], [5] * 3 + [6] * 17])
 
 
@@ -20,7 +22,7 @@ def documents_alone(model, ids, segments):
     return out
 
 
-@pytest.mark.parametrize("arch", ["kda", "gdn", "mamba2", "mla", "mla-nope", "kimi"])
+@pytest.mark.parametrize("arch", contract_models())
 def test_packed_documents_equal_documents_run_alone(arch):
     torch.manual_seed(0)
     model = LanguageModel(build_model_config(arch, "tiny", vocab_size=32, kernel_impl="torch"))

@@ -1,6 +1,8 @@
 """The backbone in transformers: a checkpoint (safetensors + config + tokenizer) loads with the Auto classes after
 `import harness`, and generate() with the model's cache gives the greedy tokens of recomputing every step."""
 
+import dataclasses
+
 import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -10,6 +12,7 @@ from harness.integrations.hf_model import HarnessForCausalLM
 from models.backbone import LanguageModel
 from models.presets import build_model_config
 from tasks.base import word_level_tokenizer as build_tokenizer
+from tests.models.checks import decoding_models
 
 VOCAB = 20
 EOS, PAD = VOCAB, VOCAB + 1
@@ -32,7 +35,7 @@ def count_tokens(model: HarnessForCausalLM) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("arch", ["kda", "gdn", "mamba2", "mla", "mla-nope", "kimi"])
+@pytest.mark.parametrize("arch", decoding_models())  # every mixer, plugins' too
 def test_cached_generation_equals_recomputing_every_step_on_a_left_padded_batch(arch):
     model = hf_model(arch)
     prompts = torch.randint(VOCAB, (3, 7), generator=torch.Generator().manual_seed(1))
@@ -63,8 +66,9 @@ def test_checkpoint_loads_with_the_auto_classes(tmp_path):
     words = [f"w{i}" for i in range(VOCAB)]
     model.save_pretrained(tmp_path)
     build_tokenizer(words).save_pretrained(tmp_path)
-    # safetensors and JSON only: nothing that needs pickle to load
-    assert {p.suffix for p in tmp_path.iterdir()} <= {".safetensors", ".json"}
+    # safetensors, JSON and the two modules trust_remote_code loads (which import the harness): no pickle
+    assert {p.suffix for p in tmp_path.iterdir()} <= {".safetensors", ".json", ".py"}
+    assert {p.name for p in tmp_path.glob("*.py")} == {"configuration_harness.py", "modeling_harness.py"}
     config = AutoConfig.from_pretrained(tmp_path)
     assert config.model_type == "harness_lm" and config.model_config().layers == ("kda", "mla")
     loaded = AutoModelForCausalLM.from_pretrained(tmp_path)
@@ -97,3 +101,30 @@ def test_cache_bytes_per_sequence():
     model = hf_model("mla")
     assert model.cache_bytes(64) == model.model.cache_bytes(64, torch.float32)
     assert model.cache_bytes(64, torch.bfloat16) * 2 == model.cache_bytes(64, torch.float32)
+
+
+def test_the_word_level_tokenizer_decodes_every_word_with_its_space(tmp_path):
+    from harness.plugins import load_plugins
+    from harness.registry import SUITES, TASKS
+
+    load_plugins()
+    configs = {}
+    for suite in ("smoke", "recall", "localization", "reasoning"):
+        for name, config in SUITES.get(suite).at("tiny", suite).tasks:
+            configs[name] = config  # every synthetic task once
+    for name, config in configs.items():
+        task = TASKS.get(name)()
+        task.tokenizer(config).save_pretrained(tmp_path / name)
+        tokenizer = AutoTokenizer.from_pretrained(tmp_path / name)  # as a checkpoint's, from its files
+        (piece,) = task.generate(dataclasses.replace(config, num_test=1), "test", seed=0)[:1]
+        text = task.render(config, piece.inputs[0])
+        ids = tokenizer(text)["input_ids"]
+        assert ids == piece.inputs[0].tolist(), name
+        # each word decodes with the space before it: a continuation joins its prompt as text does
+        assert tokenizer.decode(ids) == " " + text, name
+        assert tokenizer.decode(ids[5:]) == " " + " ".join(text.split()[5:]), name
+        assert tokenizer(tokenizer.decode(ids))["input_ids"] == ids, name
+        # punctuation words keep their spaces, and EOS / pad are dropped as special tokens
+        assert tokenizer.decode(
+            [*ids, tokenizer.eos_token_id, tokenizer.pad_token_id], skip_special_tokens=True
+        ) == (" " + text)
