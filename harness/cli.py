@@ -119,6 +119,10 @@ def run(
             help="Save each trained model as a transformers checkpoint under OUT/checkpoints/<cell id>/.",
         ),
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Run cells that the memory estimate says cannot fit this machine."),
+    ] = False,
 ) -> None:
     """Train and evaluate every model on every cell of a suite; print the results table."""
     _load_plugins()
@@ -144,7 +148,17 @@ def run(
             "no suite given: pass --suite (e.g. --suite smoke) or a --grid file with suite = ..."
         )
     match = SizeMatch(params=parse_count(spec.params), tolerance=spec.tolerance) if spec.params else None
-    cells = plan_cells(list(spec.models), spec.suite, spec.scale, spec.set, spec.seeds, spec.lrs, match)
+    cells = plan_cells(
+        list(spec.models),
+        spec.suite,
+        spec.scale,
+        spec.set,
+        spec.seeds,
+        spec.lrs,
+        match,
+        devices=launcher != "ray",  # Ray runs cells on the cluster's machines, not this one
+        force=force,
+    )
     every = Every.parse(checkpoint_every)
     store = ResultStore(out)
     if match is not None:

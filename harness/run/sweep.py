@@ -5,18 +5,24 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from harness.config import apply_override, config_hash, parse_assignment, to_dict
+import torch
+
+from harness.config import apply_override, check_choices, config_hash, parse_assignment, to_dict
 from harness.errors import HarnessError
 from harness.registry import MIXERS, SUITES, TASKS
 from harness.results.store import Lease, ResultStore, atomic_write
 from harness.run.cell import Cell, CellOptions
+from harness.run.device import check_device
 from harness.run.launchers import InProcess, Launcher
+from harness.run.memory import check_fits
 from harness.run.sizing import SizeMatch, match_size
 from harness.run.train import Checkpointing, TrainConfig
+from models.backbone import LanguageModel
 from models.presets import build_model_config, parse_architecture, split_model_token
 from tasks.suites import Suite
 
@@ -31,18 +37,25 @@ def plan_cells(
     seeds: Sequence[int] | None = None,
     lrs: Sequence[float] | None = None,
     match: SizeMatch | None = None,
+    devices: bool = True,
+    force: bool = False,
 ) -> list[Cell]:
     """Every cell of the run, fully resolved and validated; raises HarnessError before anything is trained.
 
     `lrs` and `seeds` replace the grid of the suite at its scale (a `--set train.lr=` override pins every
-    cell to one lr, and the grid collapses to it)."""
+    cell to one lr, and the grid collapses to it). Checked besides each setting: every model builds (on the meta
+    device: shapes without memory), the devices asked for exist here (unless `devices` is False: cells that run
+    elsewhere, on a Ray cluster), and each cell fits the memory of this machine by a lower-bound estimate
+    (unless `force`)."""
     suite: Suite = SUITES.get(suite_name)
     scale = scale or next(iter(suite.scales))
     setting = suite.at(scale, suite_name)
     if not models:
         raise HarnessError("no models given; e.g. --models kda,gdn,mamba2,mla")
-    if lrs is not None and (not lrs or min(lrs) <= 0):
-        raise HarnessError(f"learning rates must be positive, got {', '.join(map(str, lrs)) or 'none'}")
+    if lrs is not None and (not lrs or not all(0 < lr < math.inf for lr in lrs)):
+        raise HarnessError(
+            f"learning rates must be positive and finite, got {', '.join(map(str, lrs)) or 'none'}"
+        )
     if seeds is not None and not seeds:
         raise HarnessError("no seeds given")
     for token in models:
@@ -68,9 +81,7 @@ def plan_cells(
                 size += match.label
             model = _apply(model, assignments, "model")
             for lr in lrs if lrs is not None else setting.lrs:
-                train = _apply(
-                    dataclasses.replace(TrainConfig(), **setting.train, lr=lr), assignments, "train"
-                )
+                train = _apply(_train_config(setting.train, lr), assignments, "train")
                 for seed in seeds if seeds is not None else setting.seeds:
                     cell = Cell(
                         suite=suite_name,
@@ -84,7 +95,43 @@ def plan_cells(
                         seed=seed,
                     )
                     cells.setdefault(cell.id, cell)  # an override can make two grid points the same cell
+    _check_cells(list(cells.values()), devices, force)
     return list(cells.values())
+
+
+def _train_config(fields: dict, lr: float) -> TrainConfig:
+    try:
+        return dataclasses.replace(TrainConfig(), **fields, lr=lr)
+    except ValueError as err:
+        raise HarnessError(f"train: {err}") from None
+
+
+def _check_cells(cells: list[Cell], devices: bool, force: bool) -> None:
+    """What can be known about the cells before any runs: Literal choices of configs built in code, the devices,
+    that each distinct model builds, and (unless `force`) that each cell fits in memory."""
+    params: dict[str, int] = {}
+    for cell in cells:
+        for section in SECTIONS:
+            check_choices(getattr(cell, section), section)
+        if devices:
+            check_device(cell.train.device)
+        key = config_hash(cell.model)
+        if key not in params:
+            params[key] = _built_on_meta(cell)
+        if not force:
+            check_fits(cell, params[key])
+
+
+def _built_on_meta(cell: Cell) -> int:
+    """Build the cell's model on the meta device (shapes only, no memory, no time); returns its parameter count."""
+    try:
+        with torch.device("meta"):
+            model = LanguageModel(cell.model)
+    except Exception as err:  # noqa: BLE001 - whatever stops a model from being built is a setting that cannot work
+        raise HarnessError(
+            f"{cell.model_name}: the model cannot be built with these settings ({type(err).__name__}: {err})"
+        ) from None
+    return model.num_params()
 
 
 def _apply(config, assignments, section: str):

@@ -5,11 +5,12 @@ that a killed run resumes from (on the CPU the resumed run ends exactly as an un
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,6 +26,7 @@ from harness.run.evaluate import evaluate
 from tasks.base import IGNORE, Slice, TrainingStream
 
 SCHEDULES = ("cosine", "wsd")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # History fields that measure the machine, not the training: they differ between two runs of the same cell.
 MACHINE_FIELDS = ("tokens_per_s", "peak_memory_gib")
 
@@ -46,7 +48,7 @@ class TrainConfig:
     """Linear warmup from 0 to lr."""
     min_lr_ratio: float = 0.1
     """The schedule ends at lr * min_lr_ratio at max_steps."""
-    schedule: str = field(default="cosine", metadata=ADDED_LATER)
+    schedule: Literal["cosine", "wsd"] = field(default="cosine", metadata=ADDED_LATER)
     """After warmup: 'cosine' (decay over all remaining steps) or 'wsd' (warmup-stable-decay: constant lr, then a
     linear decay over the last `decay_fraction` of the steps)."""
     decay_fraction: float = field(default=0.2, metadata=ADDED_LATER)
@@ -65,14 +67,35 @@ class TrainConfig:
     """Sequences per evaluation batch."""
     device: str = "auto"
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    dtype: str = "bf16"
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Autocast dtype on CUDA: 'bf16', 'fp16' or 'fp32'. CPU always trains in fp32."""
 
     def __post_init__(self):
+        # every setting that can be wrong is refused here, so that a sweep never stores rows of an impossible run
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.dtype not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"dtype must be one of bf16, fp16, fp32, got '{self.dtype}'")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+        for name in ("max_steps", "batch_size", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be at least 0, got {self.warmup_steps}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.decay_fraction <= 1:
             raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.target_accuracy is not None and not 0 <= self.target_accuracy <= 1:
+            raise ValueError(f"target_accuracy must be in [0, 1] or none, got {self.target_accuracy}")
 
 
 @dataclass

@@ -90,3 +90,25 @@ def test_fields_added_later_keep_old_hashes_while_at_their_default():
     }
     assert config_hash(TrainConfig()) == config_hash(old_fields)
     assert config_hash(TrainConfig(schedule="wsd")) != config_hash(TrainConfig())
+
+
+def test_choices_and_finite_numbers():
+    from typing import Literal
+
+    from harness.config import check_choices, parse_value
+
+    assert parse_value("fp16", Literal["bf16", "fp16"], "train.dtype") == "fp16"
+    with pytest.raises(HarnessError, match="expected one of bf16, fp16, got 'bfloat16'"):
+        parse_value("bfloat16", Literal["bf16", "fp16"], "train.dtype")
+    assert parse_value("none", Literal["a"] | None, "k") is None
+    for text in ("nan", "inf", "-inf", "1e400"):
+        with pytest.raises(HarnessError, match="expected a finite number"):
+            parse_value(text, float, "train.lr")
+
+    @dataclass(frozen=True)
+    class Gate:
+        kind: Literal["swish", "sigmoid"] = "swish"
+
+    check_choices({"gdn": Gate()}, "model")
+    with pytest.raises(HarnessError, match="model.gdn.kind: expected one of swish, sigmoid, got 'tanh'"):
+        check_choices({"gdn": Gate(kind="tanh")}, "model")
