@@ -198,8 +198,7 @@ def run(
         tensorboard=tensorboard,
     )
     typer.echo(f"\n{ran} cell(s) run, {skipped} already in {out}/ and skipped.\n")
-    rows = store.read()
-    rows = rows[rows["run_id"].isin({cell.id for cell in cells})]
+    rows = store.read(cell.id for cell in cells)
     order = list(dict.fromkeys(cell.model_name for cell in cells))
     typer.echo(write_report(rows, store, out / "report", spec.suite, model_order=order))
 
@@ -249,10 +248,14 @@ def status(
     suite: Annotated[str | None, typer.Option(help="Only sweeps of this suite.")] = None,
 ) -> None:
     """Progress of the sweeps recorded in a store: done, running, failed, remaining and an ETA."""
+    from harness.errors import warn
+    from harness.results.store import ResultStore
     from harness.run.status import status_table
 
     if not (out / "cells").is_dir():
         raise HarnessError(f"no results store at {out}/ (run `harness run` first, or pass --out)")
+    for why in ResultStore(out).damaged().values():
+        warn(f"{why}; the next `harness run` of its sweep runs it again")
     typer.echo(status_table(out, suite))
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from harness.config import apply_override, check_choices, config_hash, parse_assignment, to_dict
-from harness.errors import HarnessError
+from harness.errors import HarnessError, warn
 from harness.registry import MIXERS, SUITES, TASKS
-from harness.results.store import Lease, ResultStore, atomic_write
+from harness.results.store import DAMAGED, Lease, ResultStore, atomic_write, read_plan, set_aside, write_error
 from harness.run.cell import Cell, CellOptions
 from harness.run.device import check_device
 from harness.run.launchers import InProcess, Launcher
@@ -259,18 +259,25 @@ def _options(
 
 
 def record_plan(store: ResultStore, cells: Sequence[Cell]) -> Path:
-    """Write the sweep's cell list under sweeps/ (once; the same cells make the same sweep id)."""
+    """Write the sweep's cell list under sweeps/ (once; the same cells make the same sweep id). A record that
+    cannot be read is moved to sweeps/damaged/ and written anew."""
     ids = sorted(cell.id for cell in cells)
     sweep_id = config_hash(ids)[:12]
     path = store.root / "sweeps" / f"{sweep_id}.json"
-    if not path.exists():
+    if path.exists():
+        if read_plan(path) is not None:
+            return path
+        warn(f"unreadable sweep record {path}; moved to {set_aside(path, DAMAGED)}, written anew")
+    plan = dict(
+        id=sweep_id,
+        created=time.time(),
+        suites=sorted({cell.suite for cell in cells}),
+        models=list(dict.fromkeys(cell.model_name for cell in cells)),
+        cells={cell.id: cell.label for cell in cells},
+    )
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        plan = dict(
-            id=sweep_id,
-            created=time.time(),
-            suites=sorted({cell.suite for cell in cells}),
-            models=list(dict.fromkeys(cell.model_name for cell in cells)),
-            cells={cell.id: cell.label for cell in cells},
-        )
         atomic_write(path, json.dumps(plan, indent=1))
+    except OSError as err:
+        raise write_error(err, path) from None
     return path
