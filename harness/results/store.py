@@ -7,7 +7,7 @@ Layout of a store directory:
     cells/<cell id>.json      the cell's resolved config, training history and notes, and the row count and
                               sha256 of its .jsonl (written second: this file marks the cell finished)
     cells/<cell id>.lock      the lease of a cell being run: locked by the sweep process that runs it
-    cells/<cell id>.ckpt      mid-training checkpoint of a long cell (model, optimizer, step); gone once it finished
+    cells/<cell id>.ckpt.safetensors   mid-training checkpoint of a long cell; gone once it finished
     cells/damaged/            files of damaged cells and unusable checkpoints, moved aside (<id>.<n>.<suffix>)
     cells/history/            earlier results of cells rerun with `harness run --retry` (<id>.<n>.jsonl, .json)
     sweeps/<sweep id>.json    the cells a sweep planned, for `harness status`
@@ -195,7 +195,7 @@ class ResultStore:
     # ---- writing
 
     def checkpoint_path(self, cell_id: str) -> Path:
-        return self.cells / f"{cell_id}.ckpt"
+        return self.cells / f"{cell_id}.ckpt.safetensors"
 
     def prepare(self) -> None:
         """Make the store's folders, or raise HarnessError naming the path that cannot be written."""

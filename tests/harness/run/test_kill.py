@@ -62,7 +62,11 @@ def store_contents(out: Path) -> dict:
 
 
 def leftovers(out: Path) -> list[str]:
-    return sorted(p.name for p in (out / "cells").iterdir() if p.suffix in (".tmp", ".lock", ".ckpt"))
+    return sorted(
+        p.name
+        for p in (out / "cells").iterdir()
+        if p.name.endswith((".tmp", ".lock", ".ckpt", ".ckpt.safetensors"))
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,14 +94,16 @@ def kill_while_working(out: Path, launcher: str, rng: random.Random) -> tuple[in
     sweep = start(out, launcher)
     deadline = time.monotonic() + 120
     while sweep.poll() is None and not (
-        count("*.jsonl") >= target and (count("*.ckpt") or not want_checkpoint) and count("*.lock")
+        count("*.jsonl") >= target
+        and (count("*.ckpt.safetensors") or not want_checkpoint)
+        and count("*.lock")
     ):
         assert time.monotonic() < deadline, "the sweep made no progress in 120 s"
         time.sleep(0.02)
     time.sleep(rng.uniform(0.0, 0.6))
     sweep.send_signal(signal.SIGKILL)
     sweep.wait()
-    return count("*.jsonl"), count("*.ckpt")
+    return count("*.jsonl"), count("*.ckpt.safetensors")
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from harness.run.cell import CellOptions, run_cell
 from harness.run.grid import load_grid
 from harness.run.status import sweep_progress
 from harness.run.sweep import Every, plan_cells, run_cells
-from harness.run.train import Checkpointing, training_curve
+from harness.run.train import Checkpointing, read_checkpoint, training_curve
 from models.backbone import Mixer, ModelConfig
 from tests.harness.run.sweeps import comparable, small_cells
 
@@ -103,11 +103,12 @@ def test_checkpoint_resume_ends_as_an_uninterrupted_run(tmp_path, monkeypatch):
         saved(path, *args)
         raise KeyboardInterrupt  # killed right after the checkpoint at step 5
 
-    checkpointing = Checkpointing(tmp_path / "c.ckpt", every_steps=5, every_s=None)
+    checkpointing = Checkpointing(tmp_path / "c.ckpt.safetensors", every_steps=5, every_s=None)
     monkeypatch.setattr(harness.run.train, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_cell(cell, CellOptions(checkpointing=checkpointing))
-    assert torch.load(tmp_path / "c.ckpt", weights_only=False)["result"]["steps"] == 5
+    _, header = read_checkpoint(tmp_path / "c.ckpt.safetensors")
+    assert header["result"]["steps"] == 5
     monkeypatch.setattr(harness.run.train, "save_checkpoint", saved)
     rows, meta = run_cell(cell, CellOptions(checkpointing=checkpointing))
     assert comparable(rows) == comparable(reference_rows)
