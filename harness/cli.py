@@ -19,6 +19,7 @@ The commands import what they need when they run (torch, transformers, lm-eval t
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -123,10 +124,16 @@ def run(
         bool,
         typer.Option("--force", help="Run cells that the memory estimate says cannot fit this machine."),
     ] = False,
+    retry: Annotated[
+        str | None,
+        typer.Option(help="Run stored cells of these statuses again (failed,oom,diverged); old rows kept."),
+    ] = None,
 ) -> None:
-    """Train and evaluate every model on every cell of a suite; print the results table."""
+    """Train and evaluate every model on every cell of a suite; print the results table. Exits 1 if a cell failed
+    (status failed or oom) or did not finish (it runs again next time)."""
     _load_plugins()
     from harness.analysis.report import write_report
+    from harness.results.schema import STATUSES
     from harness.results.store import ResultStore
     from harness.run.grid import Grid, load_grid
     from harness.run.launchers import LaunchOptions, make_launcher
@@ -147,6 +154,9 @@ def run(
         raise HarnessError(
             "no suite given: pass --suite (e.g. --suite smoke) or a --grid file with suite = ..."
         )
+    retried = _split(retry or "")
+    if unknown := [s for s in retried if s not in STATUSES or s == "ok"]:
+        raise HarnessError(f"--retry takes statuses failed, oom, diverged; got '{unknown[0]}'")
     match = SizeMatch(params=parse_count(spec.params), tolerance=spec.tolerance) if spec.params else None
     cells = plan_cells(
         list(spec.models),
@@ -183,24 +193,45 @@ def run(
             f"waiting for {len(held)} cell(s) that another process runs (see `harness status --out {out}`)"
         )
 
+    def unfinished(cell, reason) -> None:
+        typer.echo(f"[{next(progress)}] {cell.label}: did not finish: {reason}; it runs again next time")
+
     if tensorboard:
         from harness.run.train import require_tensorboard
 
         require_tensorboard()  # fail now with one line, not inside every cell
-    ran, skipped = run_cells(
-        cells,
-        store,
-        on_done=done,
-        launcher=pool,
-        checkpoint_every=every,
-        on_wait=wait,
-        checkpoints=out / "checkpoints" if save_checkpoints else None,
-        tensorboard=tensorboard,
-    )
-    typer.echo(f"\n{ran} cell(s) run, {skipped} already in {out}/ and skipped.\n")
+    # SIGTERM (a scheduler ending the job) unwinds like Ctrl-C: leases released, temporary files removed
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        outcome = run_cells(
+            cells,
+            store,
+            on_done=done,
+            launcher=pool,
+            checkpoint_every=every,
+            on_wait=wait,
+            checkpoints=out / "checkpoints" if save_checkpoints else None,
+            tensorboard=tensorboard,
+            retry=retried,
+            on_unfinished=unfinished,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    typer.echo(f"\n{outcome.ran} cell(s) run, {outcome.skipped} already in {out}/ and skipped.\n")
     rows = store.read(cell.id for cell in cells)
     order = list(dict.fromkeys(cell.model_name for cell in cells))
     typer.echo(write_report(rows, store, out / "report", spec.suite, model_order=order))
+    failed = rows.loc[rows["status"].isin(["failed", "oom"]), "run_id"].nunique()
+    problems = []
+    if outcome.unfinished:
+        problems.append(
+            f"{len(outcome.unfinished)} cell(s) did not finish and run again on the next `harness run`"
+        )
+    if failed:
+        problems.append(f"{failed} cell(s) failed (above); add --retry failed,oom to run them again")
+    if problems:
+        typer.echo(f"error: {'; '.join(problems)}", err=True)
+        raise typer.Exit(1)
 
 
 def _numbers(text: str | None, kind: type, option: str, what: str) -> tuple | None:

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import torch
@@ -155,6 +155,17 @@ def _check_mixer_overrides(assignments, models, size) -> None:
             raise HarnessError(f"--set {'.'.join(path)}: no model of this run has a {path[1]} layer")
 
 
+@dataclasses.dataclass
+class SweepOutcome:
+    ran: int = 0
+    """Cells run and stored by this sweep."""
+    skipped: int = 0
+    """Cells already in the store (or stored meanwhile by another sweep)."""
+    unfinished: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Cells that could not run to their end for a reason outside them (their worker died, ...): not stored,
+    so that the next sweep runs them again; cell id -> the reason."""
+
+
 def run_cells(
     cells: Sequence[Cell],
     store: ResultStore,
@@ -165,22 +176,30 @@ def run_cells(
     checkpoints: Path | None = None,
     tensorboard: bool = False,
     on_wait: Callable[[list[Cell]], None] | None = None,
-) -> tuple[int, int]:
-    """Run the cells that are not in the store yet; returns (ran, skipped).
+    retry: Collection[str] = (),
+    on_unfinished: Callable[[Cell, str], None] | None = None,
+) -> SweepOutcome:
+    """Run the cells that are not in the store yet.
 
-    Each cell runs under its lease (see results.py), so a killed sweep resumes where it stopped, and two sweeps
-    on one store never run the same cell: cells another live process holds are waited for, and taken over if
-    that process dies (`on_wait` hears of them once). Long cells save checkpoints `checkpoint_every` (steps or
-    seconds) and resume from them. With `checkpoints`, each cell run saves its trained model as a transformers
-    checkpoint under checkpoints/<cell id>/; with `tensorboard`, its training curve goes to
+    Each cell runs under its lease (see results/store.py), so a killed sweep resumes where it stopped, and two
+    sweeps on one store never run the same cell: cells another live process holds are waited for, and taken
+    over if that process dies (`on_wait` hears of them once). Long cells save checkpoints `checkpoint_every`
+    (steps or seconds) and resume from them. With `checkpoints`, each cell run saves its trained model as a
+    transformers checkpoint under checkpoints/<cell id>/; with `tensorboard`, its training curve goes to
     STORE/tensorboard/<cell id>/.
+
+    Stored cells whose status is in `retry` (failed, oom, diverged) run again; their earlier rows move to
+    cells/history/. A cell that fails for a reason outside it is not stored (`on_unfinished` hears of it) and
+    runs again next time, except that a full disk stops the sweep with a HarnessError: every cell would fail.
     """
     launcher = launcher or InProcess()
     store.tidy()
     record_plan(store, cells)
+    if retry:
+        _retire(store, cells, set(retry))
     done = store.done()
     todo = [cell for cell in cells if cell.id not in done]
-    ran, skipped = 0, len(cells) - len(todo)
+    outcome = SweepOutcome(skipped=len(cells) - len(todo))
     leases: dict[str, Lease] = {}
     told = False
     try:
@@ -190,12 +209,12 @@ def run_cells(
                 if len(leases) >= launcher.slots:
                     waiting.append(cell)
                 elif store.has(cell.id):
-                    skipped += 1  # finished meanwhile by another sweep on this store
+                    outcome.skipped += 1  # finished meanwhile by another sweep on this store
                 elif (lease := store.lease(cell.id, label=cell.label)) is None:
                     waiting.append(cell)  # another live process runs it
                 elif store.has(cell.id):
                     lease.release()
-                    skipped += 1
+                    outcome.skipped += 1
                 else:
                     leases[cell.id] = lease
                     launcher.submit(cell, _options(store, cell, checkpoint_every, checkpoints, tensorboard))
@@ -207,16 +226,41 @@ def run_cells(
                 time.sleep(poll_s)
                 continue
             for cell, rows, meta in launcher.wait(timeout=poll_s):
-                store.write(cell.id, rows, dict(config=to_dict(cell), label=cell.label, **meta))
-                leases.pop(cell.id).release()
-                ran += 1
+                lease = leases.pop(cell.id)
+                try:
+                    if not rows:  # a failure of the machine, not of the cell: nothing is stored
+                        outcome.unfinished[cell.id] = meta["environment"]
+                        if meta.get("no_space"):
+                            raise HarnessError(meta["environment"])
+                        if on_unfinished:
+                            on_unfinished(cell, meta["environment"])
+                        continue
+                    store.write(cell.id, rows, dict(config=to_dict(cell), label=cell.label, **meta))
+                finally:
+                    lease.release()
+                outcome.ran += 1
                 if on_done:
                     on_done(cell, rows)
     finally:
         launcher.close()
         for lease in leases.values():
-            lease.release(remove=False)
-    return ran, skipped
+            lease.release()  # its cell is not finished: the next sweep takes it over (from its checkpoint)
+    return outcome
+
+
+def _retire(store: ResultStore, cells: Sequence[Cell], statuses: set[str]) -> None:
+    """Move the stored results of `cells` whose status is in `statuses` to cells/history/, each under the
+    cell's lease (a cell that another sweep holds is left to it)."""
+    for cell in cells:
+        if not store.has(cell.id) or store.rows(cell.id)[0]["status"] not in statuses:
+            continue
+        lease = store.lease(cell.id, label=cell.label)
+        if lease is None:
+            continue
+        try:
+            store.retire(cell.id)
+        finally:
+            lease.release()
 
 
 @dataclasses.dataclass(frozen=True)
