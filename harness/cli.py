@@ -177,6 +177,7 @@ def run(
         for cell in cells:
             typer.echo(f"{cell.id}  {'done' if store.has(cell.id) else 'todo'}  {cell.label}")
         return
+    store.prepare()  # an --out that cannot be written fails here, in one line
     pool = make_launcher(
         launcher, LaunchOptions(cells_per_gpu=cells_per_gpu, workers=workers, ray_address=ray_address)
     )
@@ -352,7 +353,14 @@ def regress(
 
     from harness.analysis.regress import Tolerance
     from harness.analysis.regress import regress as run_regress
+    from harness.results.store import ResultStore, atomic_write, write_error
 
+    if (baseline / "cells").is_dir():  # (a missing baseline is regress's own one-line error)
+        known = set(ResultStore(baseline).read()["metric"].dropna())
+        if unknown := [m for m in _split(metrics) if m not in known]:
+            raise HarnessError(
+                f"--metrics {unknown[0]}: the baseline {baseline}/ has no such metric; it has {', '.join(sorted(known))}"
+            )
     out = out or Path("runs") / "regress" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     passed, text, table = run_regress(
         baseline,
@@ -363,8 +371,11 @@ def regress(
         device,
         workers,
     )
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "regress.csv", index=False)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "regress.csv", table.to_csv(index=False))
+    except OSError as err:
+        raise write_error(err, out / "regress.csv") from None
     typer.echo(f"{text}\n\ntable: {out / 'regress.csv'}")
     if not passed:
         raise typer.Exit(1)
@@ -415,6 +426,8 @@ def export_tasks(
     _load_plugins()
     from harness.run.export import export_suite
 
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"--out {out} is a file; export-tasks writes a folder of task files")
     for group, config in export_suite(suite, scale, out, seed).items():
         typer.echo(f"{group:<28} {config}")
     typer.echo(f"\nlm-eval tasks written to {out}/ (pass --include_path {out})")
@@ -496,12 +509,38 @@ def bench_kernels(
     typer.echo(f"\n{len(rows)} rows; table, CSV and JSON under {out}/")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The `harness` command (`argv`: its arguments; default: the command line's). The one error boundary: a
+    HarnessError, or an error of reading or writing a file the user named that no part turned into one, is
+    printed as one line and exits with code 2, never as a traceback."""
     try:
-        app(standalone_mode=True)
+        app(args=argv, standalone_mode=True)
     except HarnessError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        _fail(str(err))
+    except _file_errors() as err:
+        _fail(_describe(err))
+
+
+def _file_errors() -> tuple[type[Exception], ...]:
+    # evaluated only when an exception reaches main(), so that `harness --help` imports no safetensors
+    import json
+
+    from safetensors import SafetensorError
+
+    return OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{(err.strerror or str(err)).lower()}: {err.filename}; check the path and its permissions"
+    if isinstance(err, UnicodeDecodeError):
+        return f"a file that should be text is not ({err}); check the files the command reads"
+    return f"{type(err).__name__}: {err}"
+
+
+def _fail(message: str) -> None:
+    typer.echo("error: " + " ".join(message.split()), err=True)  # one line, whatever the message holds
+    sys.exit(2)
 
 
 if __name__ == "__main__":

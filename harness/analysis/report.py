@@ -21,6 +21,7 @@ from harness.analysis.figures import draw_all
 from harness.analysis.labels import format_mean_ci, human, slice_sort_key, task_label
 from harness.analysis.stats import mean_interval
 from harness.results.metrics import default_metrics
+from harness.results.store import atomic_write, write_error
 
 # What identifies one trained model on one task setting (everything but the seed).
 SETTING = ["suite", "scale", "model", "task", "task_setting", "task_version", "metric", "lr"]
@@ -146,7 +147,10 @@ def failures_markdown(rows: pd.DataFrame) -> str:
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(path, index=False)
+    try:
+        atomic_write(path, table.to_csv(index=False))  # a failed rewrite leaves the previous report whole
+    except OSError as err:
+        raise write_error(err, path) from None
     return path
 
 
