@@ -10,8 +10,9 @@
     harness eval --checkpoint runs/checkpoints/<cell id> --tasks harness_mqar     (lm-eval, in process)
     harness export-tasks --suite recall --out lm_eval_tasks                       (synthetic tasks for lm-eval)
 
-Errors in what the user typed (unknown names, malformed --set, impossible settings) print one line and exit 2;
-nothing is written to the results store in that case.
+Errors in what the user typed (unknown names, malformed --set, impossible settings) and files that cannot be read
+or written print one line and exit 2 (`main` is the one boundary); nothing is written to the results store in that
+case. `harness run` exits 1 when a cell of the sweep failed or did not finish.
 
 The commands import what they need when they run (torch, transformers, lm-eval take seconds to import), so that
 `harness --help` and `harness status` answer at once: the function-local imports below are that, and nothing else.
