@@ -167,7 +167,7 @@ def run(
         spec.seeds,
         spec.lrs,
         match,
-        devices=launcher != "ray",  # Ray runs cells on the cluster's machines, not this one
+        local=launcher != "ray",  # Ray runs cells on the cluster's machines, not this one
         force=force,
     )
     every = Every.parse(checkpoint_every)

@@ -119,9 +119,15 @@ class ResultStore:
             parsed = [json.loads(line) for line in data.decode().splitlines()]
         except ValueError as err:
             return "damaged", f"damaged cell {jsonl}: not JSON lines ({err})"
-        if not parsed or not all(isinstance(row, dict) for row in parsed):
-            what = "empty" if not parsed else "a line that is not a JSON object"
-            return "damaged", f"damaged cell {jsonl}: {what}"
+        if not all(isinstance(row, dict) for row in parsed):
+            return "damaged", f"damaged cell {jsonl}: a line that is not a JSON object"
+        if digest is None and not parsed:  # a legacy cell always had a row, a failure too
+            return "damaged", f"damaged cell {jsonl}: empty"
+        if len(parsed) != meta.get("result_rows", len(parsed)):
+            return (
+                "damaged",
+                f"damaged cell {jsonl}: {len(parsed)} rows, its metadata says {meta['result_rows']}",
+            )
         return "done", parsed if rows else None
 
     def read(self, cell_ids: Iterable[str] | None = None) -> pd.DataFrame:

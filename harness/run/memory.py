@@ -73,9 +73,9 @@ def _host_memory() -> int:
 
 def _device_memory(name: str) -> int | None:
     """Total memory of the GPU that `name` trains on; None for the CPU."""
-    if name == "cpu" or not torch.cuda.is_available():
-        return None
     index = int(name.partition(":")[2] or 0)
+    if name == "cpu" or not torch.cuda.is_available() or index >= torch.cuda.device_count():
+        return None
     return torch.cuda.get_device_properties(index).total_memory
 
 

@@ -37,16 +37,16 @@ def plan_cells(
     seeds: Sequence[int] | None = None,
     lrs: Sequence[float] | None = None,
     match: SizeMatch | None = None,
-    devices: bool = True,
+    local: bool = True,
     force: bool = False,
 ) -> list[Cell]:
     """Every cell of the run, fully resolved and validated; raises HarnessError before anything is trained.
 
     `lrs` and `seeds` replace the grid of the suite at its scale (a `--set train.lr=` override pins every
     cell to one lr, and the grid collapses to it). Checked besides each setting: every model builds (on the meta
-    device: shapes without memory), the devices asked for exist here (unless `devices` is False: cells that run
-    elsewhere, on a Ray cluster), and each cell fits the memory of this machine by a lower-bound estimate
-    (unless `force`)."""
+    device: shapes without memory) and, for cells that run on this machine (`local`; not those of a Ray
+    cluster), the devices asked for exist here and each cell fits its memory by a lower-bound estimate (unless
+    `force`)."""
     suite: Suite = SUITES.get(suite_name)
     scale = scale or next(iter(suite.scales))
     setting = suite.at(scale, suite_name)
@@ -95,7 +95,7 @@ def plan_cells(
                         seed=seed,
                     )
                     cells.setdefault(cell.id, cell)  # an override can make two grid points the same cell
-    _check_cells(list(cells.values()), devices, force)
+    _check_cells(list(cells.values()), local, force)
     return list(cells.values())
 
 
@@ -106,19 +106,20 @@ def _train_config(fields: dict, lr: float) -> TrainConfig:
         raise HarnessError(f"train: {err}") from None
 
 
-def _check_cells(cells: list[Cell], devices: bool, force: bool) -> None:
-    """What can be known about the cells before any runs: Literal choices of configs built in code, the devices,
-    that each distinct model builds, and (unless `force`) that each cell fits in memory."""
+def _check_cells(cells: list[Cell], local: bool, force: bool) -> None:
+    """What can be known about the cells before any runs: Literal choices of configs built in code, that each
+    distinct model builds and, for cells run on this machine (`local`), its devices and (unless `force`) that
+    each cell fits its memory."""
     params: dict[str, int] = {}
     for cell in cells:
         for section in SECTIONS:
             check_choices(getattr(cell, section), section)
-        if devices:
+        if local:
             check_device(cell.train.device)
         key = config_hash(cell.model)
         if key not in params:
             params[key] = _built_on_meta(cell)
-        if not force:
+        if local and not force:
             check_fits(cell, params[key])
 
 

@@ -97,3 +97,10 @@ def test_tidy_removes_what_finished_cells_left_and_nothing_else(tmp_path):
     store.tidy()
     left = sorted(p.name for p in (tmp_path / "cells").iterdir())
     assert left == [".b2.json.y8.tmp", "a1.json", "a1.jsonl", "b2.ckpt.safetensors", "b2.lock"]
+
+
+def test_a_checked_cell_may_hold_no_rows(tmp_path):
+    # e.g. an lm-eval run whose tasks reported nothing: finished, with the count it recorded
+    store = ResultStore(tmp_path)
+    store.write("e1", [], {})
+    assert store.has("e1") and store.rows("e1") == [] and store.damaged() == {}
