@@ -295,9 +295,8 @@ def save_checkpoint(path: Path, model: nn.Module, optimizer, schedule, result: T
     try:
         atomic_write(path, data)
     except OSError as err:
-        raise OSError(
-            err.errno, err.strerror, str(path)
-        ) from err  # name the checkpoint, not its temporary file
+        # a full disk shows at the temporary file, or at no file (fsync): name the checkpoint
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
 def resume(path: Path, model: nn.Module, optimizer, schedule, result: TrainResult) -> int:
