@@ -206,14 +206,14 @@ class ResultStore:
     def prepare(self) -> None:
         """Make the store's folders, or raise HarnessError naming the path that cannot be written."""
         for folder in (self.root, self.cells, self.root / "sweeps"):
+            if folder.exists() and not folder.is_dir():
+                raise HarnessError(
+                    f"{folder} is a file where the results store needs a folder; pass another --out"
+                )
             try:
                 folder.mkdir(parents=True, exist_ok=True)
             except OSError as err:
                 raise write_error(err, folder) from None
-            if not folder.is_dir():
-                raise HarnessError(
-                    f"the results store {self.root} needs {folder} to be a folder; it is a file"
-                )
 
     def write(self, cell_id: str, rows: list[dict[str, Any]], meta: dict[str, Any]) -> None:
         """Store one finished cell. Refuses to overwrite: a cell's results are written once. Every row is checked
