@@ -5,9 +5,9 @@ repaired.
 Every case talks to the CLI and inspects files only, so the same module also counts the catalogue against an
 older checkout: `HARNESS_CATALOGUE_AGAINST=/path/to/checkout pytest tests/harness/test_faults.py` runs that
 checkout's `python -m harness.cli` in subprocesses (PYTHONPATH=that checkout) instead of this one in process.
-Faults of the machine (a full disk, a folder that refuses writes, a killed worker) are injected with a
-`sitecustomize.py` that every Python process of the case imports at start-up, pool workers included; those
-cases always run in subprocesses.
+Faults of the machine (a full disk, a folder that refuses writes, a killed worker) are injected with the source
+of a `sitecustomize` module: run in this process for the length of the call, or imported at start-up by every
+process of a subprocess (pool workers included) where the fault must kill a process.
 """
 
 from __future__ import annotations
@@ -58,12 +58,13 @@ class Result:
         assert self.err == "", f"exit {self.code}, stderr:\n{self.err[-3000:]}"
 
 
-def harness(*args: str | Path, site: str | None = None) -> Result:
-    """Run `harness ARGS`: in this process, or in a subprocess when faults are injected (`site`: the source of
-    a sitecustomize module) or another checkout is tested."""
+def harness(*args: str | Path, site: str | None = None, own_process: bool = False) -> Result:
+    """Run `harness ARGS`, in this process unless another checkout is tested or `own_process`. `site`: the source
+    of a sitecustomize module that injects a fault."""
     args = [str(a) for a in args]
-    if AGAINST is None and site is None:
-        return _in_process(args)
+    if AGAINST is None and not own_process:
+        with _injected(site):
+            return _in_process(args)
     with tempfile.TemporaryDirectory(prefix="harness-faults-") as scratch:
         path = [AGAINST or str(REPO)]
         if site is not None:
@@ -74,6 +75,28 @@ def harness(*args: str | Path, site: str | None = None) -> Result:
             [sys.executable, "-m", "harness.cli", *args], capture_output=True, text=True, env=env, cwd=scratch
         )
     return Result(done.returncode, done.stdout, done.stderr)
+
+
+@contextlib.contextmanager
+def _injected(site: str | None):
+    """Run `site` in this process for the length of the block; what it may patch (os, builtins, AdamW.step) is
+    put back after."""
+    if site is None:
+        yield
+        return
+    import builtins
+
+    import torch
+
+    saved = [(module, dict(vars(module))) for module in (os, builtins)]
+    step = torch.optim.AdamW.step
+    exec(textwrap.dedent(site), {"__name__": "sitecustomize"})
+    try:
+        yield
+    finally:
+        for module, attributes in saved:
+            vars(module).update(attributes)
+        torch.optim.AdamW.step = step
 
 
 def _in_process(args: list[str]) -> Result:
@@ -297,7 +320,7 @@ DIE_AFTER_FIRST_CHECKPOINT = """
 def checkpointed(tmp_path_factory) -> Path:
     """A store whose one cell was killed right after its first checkpoint (at step 2)."""
     out = tmp_path_factory.mktemp("checkpointed") / "runs"
-    result = harness(*CHECKPOINTED, "--out", out, site=DIE_AFTER_FIRST_CHECKPOINT)
+    result = harness(*CHECKPOINTED, "--out", out, site=DIE_AFTER_FIRST_CHECKPOINT, own_process=True)
     assert result.code == 137, result.err[-3000:]
     assert _checkpoint(out) is not None and not list((out / "cells").glob("*.jsonl"))
     return out
@@ -400,12 +423,12 @@ def test_a_killed_worker_is_retried_on_the_next_run(reference, tmp_path, monkeyp
     monkeypatch.setenv("HARNESS_TEST_MARKER", str(tmp_path / "killed-once"))
     out = tmp_path / "runs"
     pool = [*CELL, "--launcher", "pool", "--workers", "1", "--out", out]
-    first = harness(*pool, site=KILL_THE_FIRST_WORKER)
+    first = harness(*pool, site=KILL_THE_FIRST_WORKER, own_process=True)
     assert (tmp_path / "killed-once").exists()
     assert first.code == 1
     first.one_line("1 cell")
     assert not list((out / "cells").glob("*.jsonl")), "a killed worker is no result"
-    second = harness(*pool, site=KILL_THE_FIRST_WORKER)
+    second = harness(*CELL, "--out", out)  # the next run, in this process
     assert second.code == 0
     second.quiet()
     cid = cell_id(reference)

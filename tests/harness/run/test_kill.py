@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.results.store import ResultStore
 from harness.run.train import training_curve
 from tests.harness.run.sweeps import FAST, comparable
 
@@ -94,7 +95,8 @@ def kill_while_working(
     """Start a sweep and send it `signal_number` at a random moment; returns the numbers of finished and
     checkpointed cells it left. The moment is drawn in terms of progress, not seconds, so that kills land mid-cell (after a
     checkpoint or not) and between cells however fast the machine is: wait until 0 or 1 more cells finished
-    and, most of the time, a checkpoint exists, then a random fraction of a second more."""
+    and, most of the time, a checkpoint exists, and the sweep holds a lease, then a random fraction of a second
+    more."""
     cells = out / "cells"
 
     def count(pattern: str) -> int:
@@ -106,7 +108,7 @@ def kill_while_working(
     while sweep.poll() is None and not (
         count("*.jsonl") >= target
         and (count("*.ckpt.safetensors") or not want_checkpoint)
-        and count("*.lock")
+        and ResultStore(out).running()  # a lease held by this sweep, not a lock file a killed one left
     ):
         assert time.monotonic() < deadline, "the sweep made no progress in 120 s"
         time.sleep(0.02)
@@ -147,18 +149,6 @@ def test_sigkill_at_random_moments_then_resume_equals_an_uninterrupted_run(tmp_p
         assert survivors == [], f"worker processes outlived their sweep: {survivors}"
 
 
-@pytest.mark.slow
-def test_sigterm_and_sigint_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
-    # a scheduler ending the job (SIGTERM) or Ctrl-C (SIGINT): the sweep unwinds, releasing its leases
-    seed = int(time.time())
-    rng = random.Random(seed)
-    killed = tmp_path / "runs"
-    progress = [kill_while_working(killed, "inprocess", rng, sig) for sig in (signal.SIGTERM, signal.SIGINT)]
-    resume_and_compare(
-        killed, "inprocess", uninterrupted, f"random seed {seed}; after each signal: {progress}"
-    )
-
-
 # SIGKILL the sweep when it is about to make its second checkpoint durable: the new checkpoint is written to a
 # temporary file but never renamed into place, so the first one (step 3) is still there
 KILL_AT_THE_SECOND_CHECKPOINT = """
@@ -175,7 +165,7 @@ KILL_AT_THE_SECOND_CHECKPOINT = """
 
 
 @pytest.mark.slow
-def test_a_kill_while_a_checkpoint_is_written_then_resume_equals_an_uninterrupted_run(
+def test_a_kill_while_a_checkpoint_is_written_then_sigterm_and_sigint_then_resume_equals_an_uninterrupted_run(
     tmp_path, uninterrupted
 ):
     killed = tmp_path / "runs"
@@ -187,7 +177,12 @@ def test_a_kill_while_a_checkpoint_is_written_then_resume_equals_an_uninterrupte
         p.name for p in cells.iterdir() if p.name.startswith(".") and ".ckpt.safetensors." in p.name
     ]
     assert half_written and len(list(cells.glob("*.ckpt.safetensors"))) == 1
-    resume_and_compare(killed, "inprocess", uninterrupted, "killed while writing the second checkpoint")
+    # then a scheduler ending the job (SIGTERM) and Ctrl-C (SIGINT): the sweep unwinds, releasing its leases
+    seed = int(time.time())
+    rng = random.Random(seed)
+    progress = [kill_while_working(killed, "inprocess", rng, sig) for sig in (signal.SIGTERM, signal.SIGINT)]
+    note = f"killed while writing a checkpoint, then random seed {seed}; after each signal: {progress}"
+    resume_and_compare(killed, "inprocess", uninterrupted, note)
 
 
 def _processes_marked(out: Path) -> list[str]:
