@@ -108,7 +108,11 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
         return [_failure_row(base, "oom", err, start).to_dict()], {}
     except OSError as err:
         no_space = err.errno in (errno.ENOSPC, errno.EDQUOT)
-        message = str(write_error(err, err.filename)) if no_space else f"{type(err).__name__}: {err}"
+        message = (
+            str(write_error(err, err.filename or "a file of the cell"))
+            if no_space
+            else f"{type(err).__name__}: {err}"
+        )
         return environment_failure(message, no_space)
     except Exception as err:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         return [_failure_row(base, "failed", err, start).to_dict()], {"traceback": traceback.format_exc()}
