@@ -10,8 +10,9 @@
     harness eval --checkpoint runs/checkpoints/<cell id> --tasks harness_mqar     (lm-eval, in process)
     harness export-tasks --suite recall --out lm_eval_tasks                       (synthetic tasks for lm-eval)
 
-Errors in what the user typed (unknown names, malformed --set, impossible settings) print one line and exit 2;
-nothing is written to the results store in that case.
+Errors in what the user typed (unknown names, malformed --set, impossible settings) and files that cannot be read
+or written print one line and exit 2 (`main` is the one boundary); nothing is written to the results store in that
+case. `harness run` exits 1 when a cell of the sweep failed or did not finish.
 
 The commands import what they need when they run (torch, transformers, lm-eval take seconds to import), so that
 `harness --help` and `harness status` answer at once: the function-local imports below are that, and nothing else.
@@ -20,6 +21,7 @@ The commands import what they need when they run (torch, transformers, lm-eval t
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -127,10 +129,20 @@ def run(
         ),
     ] = False,
     wandb_project: Annotated[str, typer.Option(help="The W&B project of --wandb.")] = "harness",
+    force: Annotated[
+        bool,
+        typer.Option("--force", help="Run cells that the memory estimate says cannot fit this machine."),
+    ] = False,
+    retry: Annotated[
+        str | None,
+        typer.Option(help="Run stored cells of these statuses again (failed,oom,diverged); old rows kept."),
+    ] = None,
 ) -> None:
-    """Train and evaluate every model on every cell of a suite; print the results table."""
+    """Train and evaluate every model on every cell of a suite; print the results table. Exits 1 if a cell failed
+    (status failed or oom) or did not finish (it runs again next time)."""
     _load_plugins()
     from harness.analysis.report import write_report
+    from harness.results.schema import STATUSES
     from harness.results.store import ResultStore
     from harness.run.grid import Grid, load_grid
     from harness.run.launchers import LaunchOptions, make_launcher
@@ -151,8 +163,21 @@ def run(
         raise HarnessError(
             "no suite given: pass --suite (e.g. --suite smoke) or a --grid file with suite = ..."
         )
+    retried = _split(retry or "")
+    if unknown := [s for s in retried if s not in STATUSES or s == "ok"]:
+        raise HarnessError(f"--retry takes statuses failed, oom, diverged; got '{unknown[0]}'")
     match = SizeMatch(params=parse_count(spec.params), tolerance=spec.tolerance) if spec.params else None
-    cells = plan_cells(list(spec.models), spec.suite, spec.scale, spec.set, spec.seeds, spec.lrs, match)
+    cells = plan_cells(
+        list(spec.models),
+        spec.suite,
+        spec.scale,
+        spec.set,
+        spec.seeds,
+        spec.lrs,
+        match,
+        local=launcher != "ray",  # Ray runs cells on the cluster's machines, not this one
+        force=force,
+    )
     every = Every.parse(checkpoint_every)
     for warning in sorted(same_model_warnings(cells)):
         typer.echo(f"warning: {warning}", err=True)
@@ -163,6 +188,7 @@ def run(
         for cell in cells:
             typer.echo(f"{cell.id}  {'done' if store.has(cell.id) else 'todo'}  {cell.label}")
         return
+    store.prepare()  # an --out that cannot be written fails here, in one line
     pool = make_launcher(
         launcher, LaunchOptions(cells_per_gpu=cells_per_gpu, workers=workers, ray_address=ray_address)
     )
@@ -179,6 +205,9 @@ def run(
             f"waiting for {len(held)} cell(s) that another process runs (see `harness status --out {out}`)"
         )
 
+    def unfinished(cell, reason) -> None:
+        typer.echo(f"[{next(progress)}] {cell.label}: did not finish: {reason}; it runs again next time")
+
     from harness.run.loggers import WandbOptions, require_tensorboard, require_wandb
 
     # a missing optional package fails now with one line, not inside every cell
@@ -190,22 +219,39 @@ def run(
         typer.echo(
             f"W&B: a run per cell in project {wandb_project} ({mode}; wandb's files under {out}/wandb/)"
         )
-    ran, skipped = run_cells(
-        cells,
-        store,
-        on_done=done,
-        launcher=pool,
-        checkpoint_every=every,
-        on_wait=wait,
-        checkpoints=out / "checkpoints" if save_checkpoints else None,
-        tensorboard=tensorboard,
-        wandb=WandbOptions(project=wandb_project, dir=out) if wandb else None,
-    )
-    typer.echo(f"\n{ran} cell(s) run, {skipped} already in {out}/ and skipped.\n")
-    rows = store.read()
-    rows = rows[rows["run_id"].isin({cell.id for cell in cells})]
+    # SIGTERM (a scheduler ending the job) unwinds like Ctrl-C: leases released, temporary files removed
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        outcome = run_cells(
+            cells,
+            store,
+            on_done=done,
+            launcher=pool,
+            checkpoint_every=every,
+            on_wait=wait,
+            checkpoints=out / "checkpoints" if save_checkpoints else None,
+            tensorboard=tensorboard,
+            wandb=WandbOptions(project=wandb_project, dir=out) if wandb else None,
+            retry=retried,
+            on_unfinished=unfinished,
+        )
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    typer.echo(f"\n{outcome.ran} cell(s) run, {outcome.skipped} already in {out}/ and skipped.\n")
+    rows = store.read(cell.id for cell in cells)
     order = list(dict.fromkeys(cell.model_name for cell in cells))
     typer.echo(write_report(rows, store, out / "report", spec.suite, model_order=order))
+    failed = rows.loc[rows["status"].isin(["failed", "oom"]), "run_id"].nunique()
+    problems = []
+    if outcome.unfinished:
+        problems.append(
+            f"{len(outcome.unfinished)} cell(s) did not finish and run again on the next `harness run`"
+        )
+    if failed:
+        problems.append(f"{failed} cell(s) failed (above); add --retry failed,oom to run them again")
+    if problems:
+        typer.echo(f"error: {'; '.join(problems)}", err=True)
+        raise typer.Exit(1)
 
 
 def _numbers(text: str | None, kind: type, option: str, what: str) -> tuple | None:
@@ -253,10 +299,14 @@ def status(
     suite: Annotated[str | None, typer.Option(help="Only sweeps of this suite.")] = None,
 ) -> None:
     """Progress of the sweeps recorded in a store: done, running, failed, remaining and an ETA."""
+    from harness.errors import warn
+    from harness.results.store import ResultStore
     from harness.run.status import status_table
 
     if not (out / "cells").is_dir():
         raise HarnessError(f"no results store at {out}/ (run `harness run` first, or pass --out)")
+    for why in ResultStore(out).damaged().values():
+        warn(f"{why}; the next `harness run` of its sweep runs it again")
     typer.echo(status_table(out, suite))
 
 
@@ -387,7 +437,14 @@ def regress(
 
     from harness.analysis.regress import Tolerance
     from harness.analysis.regress import regress as run_regress
+    from harness.results.store import ResultStore, atomic_write, write_error
 
+    if (baseline / "cells").is_dir():  # (a missing baseline is regress's own one-line error)
+        known = set(ResultStore(baseline).read()["metric"].dropna())
+        if unknown := [m for m in _split(metrics) if m not in known]:
+            raise HarnessError(
+                f"--metrics {unknown[0]}: the baseline {baseline}/ has no such metric; it has {', '.join(sorted(known))}"
+            )
     out = out or Path("runs") / "regress" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     passed, text, table = run_regress(
         baseline,
@@ -399,8 +456,11 @@ def regress(
         workers,
         tuple(set_ or []),
     )
-    out.mkdir(parents=True, exist_ok=True)
-    table.to_csv(out / "regress.csv", index=False)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "regress.csv", table.to_csv(index=False))
+    except OSError as err:
+        raise write_error(err, out / "regress.csv") from None
     typer.echo(f"{text}\n\ntable: {out / 'regress.csv'}")
     if not passed:
         raise typer.Exit(1)
@@ -452,6 +512,8 @@ def export_tasks(
     _load_plugins()
     from harness.run.export import export_suite
 
+    if out.exists() and not out.is_dir():
+        raise HarnessError(f"--out {out} is a file; export-tasks writes a folder of task files")
     for group, config in export_suite(suite, scale, out, seed).items():
         typer.echo(f"{out / group}/  {config}")
     typer.echo(
@@ -537,12 +599,38 @@ def bench_kernels(
     typer.echo(f"\n{len(rows)} rows; table, CSV and JSON under {out}/")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    """The `harness` command (`argv`: its arguments; default: the command line's). The one error boundary: a
+    HarnessError, or an error of reading or writing a file the user named that no part turned into one, is
+    printed as one line and exits with code 2, never as a traceback."""
     try:
-        app(standalone_mode=True)
+        app(args=argv, standalone_mode=True)
     except HarnessError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        _fail(str(err))
+    except _file_errors() as err:
+        _fail(_describe(err))
+
+
+def _file_errors() -> tuple[type[Exception], ...]:
+    # evaluated only when an exception reaches main(), so that `harness --help` imports no safetensors
+    import json
+
+    from safetensors import SafetensorError
+
+    return OSError, json.JSONDecodeError, UnicodeDecodeError, SafetensorError
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{(err.strerror or str(err)).lower()}: {err.filename}; check the path and its permissions"
+    if isinstance(err, UnicodeDecodeError):
+        return f"a file that should be text is not ({err}); check the files the command reads"
+    return f"{type(err).__name__}: {err}"
+
+
+def _fail(message: str) -> None:
+    typer.echo("error: " + " ".join(message.split()), err=True)  # one line, whatever the message holds
+    sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from typing import Any
@@ -57,7 +58,8 @@ def _unknown(full_key: str, head: str, known: list[str]) -> HarnessError:
 
 
 def parse_value(text: str, annotation: Any, key: str) -> Any:
-    """Parse command-line text into a value of the annotated type (int, float, bool, str, tuples, X | None)."""
+    """Parse command-line text into a value of the annotated type (int, float, bool, str, Literal choices,
+    tuples, X | None). Numbers must be finite."""
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if origin in (typing.Union, types.UnionType):
         if text.lower() in ("none", "null") and type(None) in args:
@@ -68,6 +70,11 @@ def parse_value(text: str, annotation: Any, key: str) -> Any:
             except HarnessError:
                 continue
         raise HarnessError(f"--set {key}: cannot read '{text}' as {_type_name(annotation)}")
+    if origin is typing.Literal:
+        for choice in args:
+            if text == str(choice):
+                return choice
+        raise HarnessError(f"--set {key}: expected one of {', '.join(map(str, args))}, got '{text}'")
     if origin is tuple:
         return _parse_tuple(text, args, key)
     if annotation is bool:
@@ -78,14 +85,49 @@ def parse_value(text: str, annotation: Any, key: str) -> Any:
         raise HarnessError(f"--set {key}: expected true or false, got '{text}'")
     if annotation in (int, float):
         try:
-            return annotation(text)
+            number = annotation(text)
         except ValueError:
             raise HarnessError(f"--set {key}: expected {annotation.__name__}, got '{text}'") from None
+        if not math.isfinite(number):
+            # nan and inf parse as floats but make no sense as a setting: nan compares false with every bound
+            raise HarnessError(f"--set {key}: expected a finite number, got '{text}'")
+        return number
     if annotation is str:
         return text
     raise HarnessError(
         f"--set {key}: values of type {_type_name(annotation)} cannot be set from the command line"
     )
+
+
+def check_choices(config: Any, name: str) -> None:
+    """Raise HarnessError if a field annotated `Literal[...]` of `config` (or of a dataclass inside it) holds a
+    value outside its choices: configs built in code, not parsed from --set, are checked this way at planning."""
+    if isinstance(config, dict):
+        for key, value in config.items():
+            check_choices(value, f"{name}.{key}")
+        return
+    if not dataclasses.is_dataclass(config):
+        return
+    hints = typing.get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        value, annotation = getattr(config, f.name), hints[f.name]
+        choices = _literal_choices(annotation)
+        if choices is not None and value not in choices:
+            raise HarnessError(
+                f"{name}.{f.name}: expected one of {', '.join(map(str, choices))}, got '{value}'"
+            )
+        check_choices(value, f"{name}.{f.name}")
+
+
+def _literal_choices(annotation: Any) -> tuple | None:
+    """The choices of Literal[...] (and of Literal[...] | None, with None), else None."""
+    if typing.get_origin(annotation) is typing.Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        literals = [a for a in typing.get_args(annotation) if typing.get_origin(a) is typing.Literal]
+        if literals and len(literals) == len(typing.get_args(annotation)) - 1:
+            return (*typing.get_args(literals[0]), None)
+    return None
 
 
 def _parse_tuple(text: str, args: tuple, key: str) -> tuple:

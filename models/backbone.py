@@ -17,8 +17,9 @@ the rows into one sequence per document instead, which resets every state at a b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -76,6 +77,23 @@ def normal_init_linears(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(layer.bias)
 
 
+def require_sizes(config: Any, *names: str, minimum: int = 1) -> None:
+    """Raise ValueError for the first of the fields `names` of `config` below `minimum` (widths, head counts,
+    kernel and chunk sizes; None passes, for optional sizes). Configs call it in __post_init__, so that an
+    impossible size is refused when the sweep is planned, not as a shape error deep in a cell."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def require_range(config: Any, name: str, low: float = 0.0) -> None:
+    """Raise ValueError unless the field `name` is a pair low < a <= b < inf (an initialisation range)."""
+    a, b = getattr(config, name)
+    if not (low < a <= b and math.isfinite(b)):
+        raise ValueError(f"{name} must be a range {low} < a <= b (finite), got ({a}, {b})")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     vocab_size: int = 8192
@@ -94,12 +112,18 @@ class ModelConfig:
     """Share the input embedding with the LM head."""
     init_std: float = 0.02
     """Standard deviation of the normal initialisation of linear and embedding weights."""
-    kernel_impl: str = "auto"
+    kernel_impl: Literal["auto", "torch", "triton", "reference"] = "auto"
     """Gated-delta-rule implementation: auto, torch, triton or reference."""
 
     def __post_init__(self):
         if not self.layers:
             raise ValueError("a model needs at least one layer")
+        require_sizes(self, "vocab_size", "d_model")
+        for name in ("mlp_ratio", "norm_eps"):
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
+        if not 0 <= self.init_std < math.inf:
+            raise ValueError(f"init_std must be a finite number >= 0, got {self.init_std}")
         missing = [name for name in dict.fromkeys(self.layers) if name not in self.mixers]
         if missing:
             raise ValueError(f"no config for mixer(s) {missing} named in layers")

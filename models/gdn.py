@@ -9,6 +9,7 @@ y   = W_o( act(W_g x) * RMSNorm_per_head(o) )       act = SiLU (GDN paper) or si
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +17,7 @@ from torch import Tensor, nn
 
 from harness.registry import MIXERS
 
+from .backbone import require_range, require_sizes
 from .delta_rule import DeltaRuleInputs, DeltaRuleMixer
 from .layers import RMSNorm, init_gate_parameters
 
@@ -30,7 +32,7 @@ class GDNConfig:
     """Key and value width per head."""
     conv_size: int = 4
     """Kernel of the short convolutions on q, k and v."""
-    output_gate: str = "swish"
+    output_gate: Literal["swish", "sigmoid"] = "swish"
     """Activation of the full-rank output gate: 'swish' (GDN paper) or 'sigmoid' (Kimi report, GDN-H)."""
     negative_eigenvalues: bool = False
     """beta in (0, 2) instead of (0, 1)."""
@@ -44,6 +46,9 @@ class GDNConfig:
     def __post_init__(self):
         if self.output_gate not in OUTPUT_GATES:
             raise ValueError(f"output_gate must be one of {sorted(OUTPUT_GATES)}, got '{self.output_gate}'")
+        require_sizes(self, "num_heads", "head_dim", "conv_size", "chunk_size")
+        require_range(self, "A_init_range")
+        require_range(self, "dt_init_range")
 
     @classmethod
     def from_size(cls, d_model: int, num_heads: int, head_dim: int) -> GDNConfig:

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from harness.registry import MIXERS
 
+from .backbone import require_range, require_sizes
 from .delta_rule import DeltaRuleInputs, DeltaRuleMixer
 from .layers import RMSNorm, init_gate_parameters
 
@@ -37,6 +38,11 @@ class KDAConfig:
     """dt_bias = softplus^-1(dt), dt log-uniform in this range, per channel."""
     chunk_size: int = 64
     """Tokens per chunk of the chunked kernel."""
+
+    def __post_init__(self):
+        require_sizes(self, "num_heads", "head_dim", "conv_size", "gate_rank", "chunk_size")
+        require_range(self, "A_init_range")
+        require_range(self, "dt_init_range")
 
     @classmethod
     def from_size(cls, d_model: int, num_heads: int, head_dim: int) -> KDAConfig:

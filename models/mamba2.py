@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from harness.registry import MIXERS
 from kernels.gated_delta_rule import resolve_impl
 
-from .backbone import Mixer
+from .backbone import Mixer, require_range, require_sizes
 from .delta_rule import gated_delta_rule_packed
 from .layers import PackedDocuments, ShortConvolution, init_gate_parameters
 
@@ -48,6 +48,14 @@ class Mamba2Config:
     """Keep the backbone's MLP in this block. The Mamba2 paper has none; True keeps one backbone for all mixers."""
     chunk_size: int = 64
     """Tokens per chunk of the chunked kernel."""
+
+    def __post_init__(self):
+        require_sizes(self, "expand", "head_dim", "d_state", "n_groups", "conv_size", "chunk_size")
+        require_range(self, "A_init_range")
+        require_range(self, "dt_init_range")
+        low, high = self.dt_limit
+        if not 0 <= low <= high:
+            raise ValueError(f"dt_limit must be a range 0 <= low <= high, got {self.dt_limit}")
 
     @classmethod
     def from_size(cls, d_model: int, num_heads: int, head_dim: int) -> Mamba2Config:

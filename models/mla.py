@@ -16,6 +16,7 @@ alone; pad keys are masked.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,7 +25,7 @@ from torch import Tensor, nn
 
 from harness.registry import MIXERS
 
-from .backbone import Mixer
+from .backbone import Mixer, require_sizes
 from .layers import PackedDocuments, RMSNorm
 
 
@@ -46,6 +47,12 @@ class MLAConfig:
     """RoPE base, used only when qk_rope_head_dim > 0."""
 
     def __post_init__(self):
+        require_sizes(self, "num_heads", "v_head_dim", "kv_lora_rank", "q_lora_rank")
+        require_sizes(self, "qk_nope_head_dim", "qk_rope_head_dim", minimum=0)
+        if self.qk_nope_head_dim + self.qk_rope_head_dim < 1:
+            raise ValueError("qk_nope_head_dim + qk_rope_head_dim must be at least 1, got 0")
+        if not 0 < self.rope_theta < math.inf:
+            raise ValueError(f"rope_theta must be a finite number > 0, got {self.rope_theta}")
         if self.qk_rope_head_dim % 2:
             raise ValueError(f"qk_rope_head_dim must be even, got {self.qk_rope_head_dim}")
 

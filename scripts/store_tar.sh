@@ -6,7 +6,7 @@
 #   scripts/store_tar.sh unpack TARBALL STORE
 #
 # pack leaves out what only the process that wrote it could use: leases (*.lock) and temporary files; mid-training
-# checkpoints (*.ckpt) too unless --with-checkpoints (they hold a model and its optimizer state: tens of MB each
+# checkpoints (*.ckpt.safetensors) too unless --with-checkpoints (they hold a model and its optimizer state: tens of MB each
 # for small models). A cell whose checkpoint is left out starts again from step 0. unpack merges into STORE: cells
 # already there are kept, and a finished cell is never overwritten.
 set -euo pipefail
@@ -17,7 +17,7 @@ case "$1" in
     store=$2 tarball=$3
     [ -d "$store/cells" ] || { echo "error: no results store at $store (no cells/ folder)" >&2; exit 2; }
     excludes=(--exclude='*.lock' --exclude='*.tmp')
-    [ "${4:-}" = "--with-checkpoints" ] || excludes+=(--exclude='*.ckpt')
+    [ "${4:-}" = "--with-checkpoints" ] || excludes+=(--exclude='*.ckpt' --exclude='*.ckpt.safetensors')
     mkdir -p "$(dirname "$tarball")"
     tar czf "$tarball.part" "${excludes[@]}" -C "$store" .
     mv "$tarball.part" "$tarball"  # all or nothing: a cut-off pack leaves no tarball that looks whole

@@ -76,6 +76,42 @@ def require_settings(task: str, config: TaskConfig, train: str, test: str, what:
         raise HarnessError(f"{task}: num_test must be >= 1, got {config.num_test}")
 
 
+@dataclass(frozen=True)
+class DataSize:
+    """How much data a task config makes: what the memory estimate made when a sweep is planned reads."""
+
+    train_tokens: int
+    """Tokens of all training examples (or of the corpus a training stream cuts its batches from)."""
+    eval_tokens: int
+    """Tokens of all validation and test examples."""
+    train_len: int
+    """The longest training sequence: a training batch holds batch_size of them."""
+    eval_len: int
+    """The longest sequence scored in evaluation."""
+
+
+def settings_size(config: Any) -> DataSize | None:
+    """The DataSize of a synthetic task's config from the fields they share: num_train, num_test, and
+    train_settings/test_settings of (seq_len, ...) or train_lengths/test_lengths. None if it has neither."""
+    lengths = []
+    for split in ("train", "test"):
+        if hasattr(config, f"{split}_settings"):
+            lengths.append([setting[0] for setting in getattr(config, f"{split}_settings")])
+        elif hasattr(config, f"{split}_lengths"):
+            lengths.append(list(getattr(config, f"{split}_lengths")))
+        else:
+            return None
+    train, test = lengths
+    if not train or not test:
+        return None
+    return DataSize(
+        train_tokens=config.num_train * max(train),
+        eval_tokens=2 * config.num_test * sum(test),  # validation and test slices
+        train_len=max(train),
+        eval_len=max(test),
+    )
+
+
 # One training batch: token ids (B, T), target ids (B, T) with IGNORE where unscored, and document ids (B, T) that
 # tell packed documents apart (None: each row is one sequence).
 Batch = tuple[np.ndarray, np.ndarray, np.ndarray | None]
@@ -150,6 +186,11 @@ class Task:
         """What tells this config apart from others of the same task within one suite ('' if nothing needs to),
         e.g. NIAH's 'variant=multi-key'; recorded as the `task_setting` column so reports keep them apart."""
         return ""
+
+    def data_size(self, config: Any) -> DataSize | None:
+        """How much data `config` makes, for the memory estimate at planning; None: unknown (not estimated).
+        Default: read from the fields the synthetic tasks share (`settings_size`)."""
+        return settings_size(config)
 
     def chance_accuracy(self, config: Any, slice_name: str) -> float | None:
         """Token accuracy of guessing, for chance-corrected accuracy (acc - chance) / (1 - chance); None: not

@@ -26,7 +26,7 @@ import numpy as np
 from harness.errors import HarnessError
 from harness.registry import TASKS
 
-from .base import IGNORE, LmEvalExport, Slice, Task, TrainedModel
+from .base import IGNORE, DataSize, LmEvalExport, Slice, Task, TrainedModel
 from .corpus import Corpus, CorpusError, Tokenized, bpe_vocab_size, load_corpus, source_files
 
 
@@ -111,6 +111,15 @@ class LanguageModelling(Task):
             )
         if not 0 < config.valid_fraction < 1:
             raise HarnessError(f"lm: valid_fraction must be in (0, 1), got {config.valid_fraction}")
+        for name in (
+            "max_train_tokens",
+            "max_valid_tokens",
+            "valid_sequences",
+            "eval_documents",
+            "position_bins",
+        ):
+            if getattr(config, name) < 1:
+                raise HarnessError(f"lm: {name} must be at least 1, got {getattr(config, name)}")
         try:
             bpe_vocab_size(config.tokenizer)
             if not config.corpus.startswith("hf:"):
@@ -121,6 +130,14 @@ class LanguageModelling(Task):
             raise HarnessError(f"lm: {err}") from None
         if any(not name.strip() for name in config.lm_eval_tasks):
             raise HarnessError("lm: lm_eval_tasks holds an empty name")
+
+    def data_size(self, config: LMConfig) -> DataSize:
+        return DataSize(
+            train_tokens=config.max_train_tokens,
+            eval_tokens=config.max_valid_tokens,
+            train_len=config.seq_len,
+            eval_len=config.seq_len * max(config.eval_lengths),
+        )
 
     def corpus(self, config: LMConfig) -> Corpus:
         try:

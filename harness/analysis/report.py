@@ -35,7 +35,7 @@ from harness.analysis.labels import (
 from harness.analysis.stats import mean_interval
 from harness.config import config_hash
 from harness.results.metrics import default_metrics, metric_spec
-from harness.results.store import ResultStore, atomic_write
+from harness.results.store import ResultStore, atomic_write, write_error
 from harness.run.cell import setting_id_of
 
 # Constant within one trained configuration: what tables group by and show.
@@ -297,7 +297,10 @@ def failures_markdown(rows: pd.DataFrame) -> str:
 
 def write_csv(table: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, table.to_csv(index=False))
+    try:
+        atomic_write(path, table.to_csv(index=False))  # a failed rewrite leaves the previous report whole
+    except OSError as err:
+        raise write_error(err, path) from None
     return path
 
 

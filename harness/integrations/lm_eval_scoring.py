@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import safetensors
+
 # registers harness_lm with transformers, so that lm-eval's `hf` model loads the harness's checkpoints
 import harness.integrations.hf_model  # noqa: F401
 from harness.config import config_hash
@@ -44,8 +46,8 @@ def evaluate_checkpoint(
     """Run lm-eval on `checkpoint` for `tasks`; append the rows to `store` (when given, and not there yet).
     Returns (run id, rows)."""
     checkpoint = Path(checkpoint).resolve()
-    if not (checkpoint / "config.json").exists():
-        raise HarnessError(f"no transformers checkpoint at {checkpoint} (config.json missing)")
+    check_checkpoint(checkpoint)
+    provenance = _provenance(checkpoint)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     # slow to import (seconds): only scoring needs it
@@ -55,7 +57,6 @@ def evaluate_checkpoint(
     paths = [str(Path(p).resolve()) for p in include_paths]
     if (checkpoint / "lm_eval_tasks").is_dir():
         paths.append(str(checkpoint / "lm_eval_tasks"))
-    provenance = _provenance(checkpoint)
     run_id = config_hash(
         dict(checkpoint=str(checkpoint), trained=provenance.get("cell_id"), tasks=sorted(tasks),
              num_fewshot=num_fewshot, limit=limit, lm_eval=lm_eval.__version__)
@@ -76,7 +77,8 @@ def evaluate_checkpoint(
     start = time.perf_counter()
     results = lm_eval.simple_evaluate(
         model="hf",
-        model_args=dict(pretrained=str(checkpoint), backend="causal", dtype="float32"),
+        # safetensors only: a pickled pytorch_model.bin could run code when loaded
+        model_args=dict(pretrained=str(checkpoint), backend="causal", dtype="float32", use_safetensors=True),
         tasks=tasks,
         num_fewshot=num_fewshot,
         limit=limit,
@@ -149,9 +151,54 @@ def result_rows(
     return rows
 
 
+def check_checkpoint(checkpoint: Path) -> None:
+    """Raise HarnessError, naming the file, if the checkpoint folder cannot be scored: a config that is not JSON,
+    weights that are missing, not safetensors or cut short, no tokenizer. Checked before lm-eval starts, which
+    would otherwise fail with a long traceback (or, without a tokenizer, claim that sentencepiece is missing)."""
+    if not checkpoint.is_dir() or not (checkpoint / "config.json").exists():
+        raise HarnessError(f"no transformers checkpoint at {checkpoint} (config.json missing)")
+    config = _read_json(checkpoint / "config.json")
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise HarnessError(f"{checkpoint / 'config.json'} is not a transformers config (no model_type)")
+    index = checkpoint / "model.safetensors.index.json"
+    if index.exists():  # weights in several files
+        listed = _read_json(index)
+        if not isinstance(listed, dict) or not isinstance(listed.get("weight_map"), dict):
+            raise HarnessError(f"{index} is not a safetensors index (no weight_map)")
+        weights = sorted({checkpoint / name for name in listed["weight_map"].values()})
+    else:
+        weights = [checkpoint / "model.safetensors"]
+    for path in weights:
+        if not path.exists():
+            pickled = [p.name for p in checkpoint.glob("*.bin")]
+            also = (
+                f" (it has {', '.join(pickled)}: pickle, which harness eval does not load)" if pickled else ""
+            )
+            raise HarnessError(f"no weights at {path}{also}; save the checkpoint with safetensors")
+        try:
+            with safetensors.safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except (OSError, safetensors.SafetensorError) as err:
+            raise HarnessError(f"damaged weights file {path} ({err}); save the checkpoint again") from None
+    if not any((checkpoint / name).exists() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise HarnessError(
+            f"no tokenizer in {checkpoint} (tokenizer.json missing); checkpoints saved with `harness run"
+            " --save-checkpoints` have one: copy it there"
+        )
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_bytes())
+    except (OSError, ValueError) as err:  # ValueError: not UTF-8, or not JSON
+        raise HarnessError(f"{path} cannot be read as JSON ({type(err).__name__}: {err})") from None
+
+
 def _provenance(checkpoint: Path) -> dict[str, Any]:
     """What harness.json says about how the checkpoint was trained; for other checkpoints, only its name."""
     path = checkpoint / "harness.json"
-    provenance = json.loads(path.read_text()) if path.exists() else {"name": checkpoint.name}
+    provenance = _read_json(path) if path.exists() else {"name": checkpoint.name}
+    if not isinstance(provenance, dict):
+        raise HarnessError(f"{path} is not a JSON object; save the checkpoint again")
     provenance["checkpoint"] = str(checkpoint)
     return provenance

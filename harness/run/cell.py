@@ -3,6 +3,7 @@ function that trains, evaluates and turns the outcome into tidy result rows (har
 
 from __future__ import annotations
 
+import errno
 import re
 import shutil
 import tempfile
@@ -21,6 +22,7 @@ from harness.registry import MIXERS, TASKS
 from harness.results.metrics import AUXILIARY, METRICS, SLICE_METRICS
 from harness.results.provenance import device_name, git_state, library_versions
 from harness.results.schema import Row
+from harness.results.store import write_error
 from harness.run.data import cell_data
 from harness.run.device import autocast_dtype, resolve_device
 from harness.run.evaluate import evaluate, loss_by_position
@@ -101,8 +103,10 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
     training history).
 
     Failures are data: a non-finite loss gives status 'diverged', CUDA running out of memory 'oom', any other
-    exception 'failed' with its message; the caller writes these rows like any other. `options` says what else
-    the run writes (see CellOptions).
+    exception 'failed' with its message; the caller writes these rows like any other. A failure of the machine
+    rather than of the cell (an OSError: a full disk, a file that cannot be written) is no result: it returns
+    `environment_failure` (no rows), and the cell runs again next time. `options` says what else the run writes
+    (see CellOptions).
     """
     options = options or CellOptions()
     start = time.perf_counter()
@@ -138,6 +142,14 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
             logger = None
     except torch.cuda.OutOfMemoryError as err:
         return [_failure_row(base, "oom", err, start).to_dict()], {}
+    except OSError as err:
+        no_space = err.errno in (errno.ENOSPC, errno.EDQUOT)
+        message = (
+            str(write_error(err, err.filename or "a file of the cell"))
+            if no_space
+            else f"{type(err).__name__}: {err}"
+        )
+        return environment_failure(message, no_space)
     except Exception as err:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
         return [_failure_row(base, "failed", err, start).to_dict()], {"traceback": traceback.format_exc()}
     finally:
@@ -190,9 +202,10 @@ def cell_row(cell: Cell) -> Row:
     )
 
 
-def failed_rows(cell: Cell, message: str, status: str = "failed") -> list[dict[str, Any]]:
-    """The one row of a cell that could not run to its end for a reason outside it (e.g. its worker died)."""
-    return [cell_row(cell).with_(status=status, error=message).to_dict()]
+def environment_failure(message: str, no_space: bool = False) -> tuple[list, dict[str, Any]]:
+    """What a cell that could not run to its end for a reason outside it (a full disk, its worker killed) hands
+    back: no rows, so that nothing is stored and the next sweep runs it again, and the reason."""
+    return [], {"environment": message, "no_space": no_space}
 
 
 def slice_rows(done: Row, metrics: dict[str, dict], model: LanguageModel, slices: list[Slice]) -> list[Row]:

@@ -6,6 +6,8 @@ import resource
 
 import torch
 
+from harness.errors import HarnessError
+
 AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
@@ -17,6 +19,23 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"device '{name}' asked for, but CUDA is not available here")
     return device
+
+
+def check_device(name: str) -> None:
+    """Raise HarnessError unless this machine has the device `name` ('auto' and 'cpu' always exist)."""
+    if name in ("auto", "cpu"):
+        return
+    if not torch.cuda.is_available():
+        raise HarnessError(
+            f"train.device={name}: CUDA is not available on this machine (torch {torch.__version__}); use"
+            " --device cpu or auto, or run on a machine with a GPU"
+        )
+    index = int(name.partition(":")[2] or 0)
+    if index >= torch.cuda.device_count():
+        raise HarnessError(
+            f"train.device={name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to"
+            f" cuda:{torch.cuda.device_count() - 1}"
+        )
 
 
 def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:

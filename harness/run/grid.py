@@ -66,6 +66,12 @@ def load_grid(path: Path) -> Grid:
         data = tomllib.loads(Path(path).read_text())
     except FileNotFoundError:
         raise HarnessError(f"grid file {path} does not exist") from None
+    except IsADirectoryError:
+        raise HarnessError(f"grid file {path} is a folder; pass the TOML file itself") from None
+    except OSError as err:
+        raise HarnessError(f"grid file {path} cannot be read: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise HarnessError(f"grid file {path} is not text; a grid is a TOML file") from None
     except tomllib.TOMLDecodeError as err:
         raise HarnessError(f"grid file {path} is not valid TOML: {err}") from None
     names = [f.name for f in dataclasses.fields(Grid)]

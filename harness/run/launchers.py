@@ -7,8 +7,9 @@ result; a launcher only runs cells and hands back (rows, meta).
     ray         tasks on a Ray cluster (`address`: an existing cluster such as 'auto' or 'ray://head:10001';
                 None starts a local Ray instance). Every node needs this harness installed at the same commit.
 
-A worker that dies while running a cell (killed, out of host memory, a crash in native code) makes that cell a
-'failed' row naming the cause; the sweep goes on with a fresh worker. If the sweep process itself is killed, the
+A worker that dies while running a cell (killed, out of host memory, a crash in native code) is a failure of the
+machine, not a result: the cell is not stored (`environment_failure`), the sweep goes on with a fresh worker, and
+the next sweep runs the cell again. If the sweep process itself is killed, the
 pool's workers notice and exit, and Ray ends the tasks of a driver that is gone: no orphan keeps writing.
 """
 
@@ -23,11 +24,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
+from tqdm.auto import tqdm
 
 from harness.errors import HarnessError
 from harness.plugins import load_plugins, loaded_modules
 from harness.registry import LAUNCHERS
-from harness.run.cell import Cell, CellOptions, failed_rows, run_cell
+from harness.run.cell import Cell, CellOptions, environment_failure, run_cell
 
 Finished = tuple[Cell, list[dict[str, Any]], dict[str, Any]]
 
@@ -143,7 +145,7 @@ class Pool:
                     code = worker.process.exitcode
                     cause = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                     message = f"worker process died while running the cell ({cause})"
-                    finished.append((worker.cell, failed_rows(worker.cell, message), {}))
+                    finished.append((worker.cell, *environment_failure(message)))
                     worker.cell = None
             if finished or time.monotonic() >= deadline:
                 return finished
@@ -190,6 +192,9 @@ def _pool_worker(index, device, threads, inbox, results, parent_pid, plugins) ->
         # before anything touches CUDA: this worker sees its one GPU as cuda:0
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     os.environ["TQDM_DISABLE"] = "1"  # the sweep prints a line per finished cell instead
+    # tqdm's default lock is a multiprocessing semaphore, which a killed worker leaves behind (the resource
+    # tracker then warns when the sweep exits); a thread lock is all one worker needs
+    tqdm.set_lock(threading.RLock())
     _exit_with_parent(parent_pid)
     load_plugins(plugins)
     torch.set_num_threads(threads)
@@ -253,9 +258,9 @@ class Ray:
             cell = self._pending.pop(ref)
             try:
                 rows, meta = self._ray.get(ref)
-            except Exception as err:  # noqa: BLE001 - a lost task is a failed cell, the sweep goes on
+            except Exception as err:  # noqa: BLE001 - a lost task runs again next time, the sweep goes on
                 message = f"Ray task failed: {type(err).__name__}: {err}".splitlines()[0][:500]
-                rows, meta = failed_rows(cell, message), {}
+                rows, meta = environment_failure(message)
             finished.append((cell, rows, meta))
         return finished
 

@@ -1,19 +1,21 @@
 """`harness status`: how far the sweeps recorded in a store have come.
 
-Each sweep writes its plan (the ids of its cells) under sweeps/ when it starts; a cell is done when its
-result file exists, running while a live process holds its lease, and remaining otherwise. The ETA assumes the
-mean duration of the sweep's finished cells and as many cells at once as are running now.
+Each sweep writes its plan (the ids of its cells) under sweeps/ when it starts; a cell is done when its result
+files are complete and intact (harness/results/store.py), running while a live process holds its lease, and
+remaining otherwise (a damaged cell is remaining: the next sweep runs it again). The ETA assumes the mean
+duration of the sweep's finished cells and as many cells at once as are running now. A sweep record that cannot
+be read is named in a warning and left out (the next `harness run` of that sweep writes it anew).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from harness.results.store import ResultStore
+from harness.errors import warn
+from harness.results.store import ResultStore, read_plan
 
 
 def sweep_progress(out: Path, suite: str | None = None, now: float | None = None) -> list[dict]:
@@ -24,14 +26,19 @@ def sweep_progress(out: Path, suite: str | None = None, now: float | None = None
     done = store.done()
     progress = []
     for path in sorted((Path(out) / "sweeps").glob("*.json"), key=lambda p: p.stat().st_mtime):
-        plan = json.loads(path.read_text())
+        plan = read_plan(path)
+        if plan is None:
+            warn(
+                f"unreadable sweep record {path} left out; the next `harness run` of its sweep writes it anew"
+            )
+            continue
         if suite and suite not in plan["suites"]:
             continue
         ids = list(plan["cells"])
         statuses, walls = {}, []
         for cell_id in ids:
             if cell_id in done:
-                first = json.loads((store.cells / f"{cell_id}.jsonl").read_text().splitlines()[0])
+                first = store.rows(cell_id)[0]
                 statuses[cell_id] = first["status"]
                 if first.get("wall_s") is not None:
                     walls.append(float(first["wall_s"]))

@@ -5,19 +5,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
-from harness.config import apply_override, config_hash, parse_assignment, to_dict
-from harness.errors import HarnessError
+import torch
+
+from harness.config import apply_override, check_choices, config_hash, parse_assignment, to_dict
+from harness.errors import HarnessError, warn
 from harness.registry import MIXERS, SUITES, TASKS
-from harness.results.store import Lease, ResultStore, atomic_write
+from harness.results.store import DAMAGED, Lease, ResultStore, atomic_write, read_plan, set_aside, write_error
 from harness.run.cell import Cell, CellOptions
+from harness.run.device import check_device
 from harness.run.launchers import InProcess, Launcher
 from harness.run.loggers import WandbOptions, run_name
+from harness.run.memory import check_fits
 from harness.run.sizing import SizeMatch, match_size
 from harness.run.train import Checkpointing, TrainConfig
+from models.backbone import LanguageModel
 from models.presets import build_model_config, parse_architecture, split_model_token
 from tasks.suites import Suite
 
@@ -32,20 +38,26 @@ def plan_cells(
     seeds: Sequence[int] | None = None,
     lrs: Sequence[float] | None = None,
     match: SizeMatch | None = None,
+    local: bool = True,
+    force: bool = False,
 ) -> list[Cell]:
     """Every cell of the run, fully resolved and validated; raises HarnessError before anything is trained.
 
     `lrs` and `seeds` replace the grid of the suite at its scale (a `--set train.lr=` override pins every
     cell to one lr, and the grid collapses to it). A model named without @SIZE runs at the scale's size, or at
-    each of its sizes."""
+    each of its sizes. Checked besides each setting: every model builds (on the meta device: shapes without
+    memory) and, for cells that run on this machine (`local`; not those of a Ray cluster), the devices asked for
+    exist here and each cell fits its memory by a lower-bound estimate (unless `force`)."""
     suite: Suite = SUITES.get(suite_name)
     scale = scale or next(iter(suite.scales))
     setting = suite.at(scale, suite_name)
     if not models:
         raise HarnessError("no models given; e.g. --models kda,gdn,mamba2,mla")
     models = [token if "@" in token else f"{token}@{size}" for token in models for size in setting.sizes]
-    if lrs is not None and (not lrs or min(lrs) <= 0):
-        raise HarnessError(f"learning rates must be positive, got {', '.join(map(str, lrs)) or 'none'}")
+    if lrs is not None and (not lrs or not all(0 < lr < math.inf for lr in lrs)):
+        raise HarnessError(
+            f"learning rates must be positive and finite, got {', '.join(map(str, lrs)) or 'none'}"
+        )
     if seeds is not None and not seeds:
         raise HarnessError("no seeds given")
     for token in models:
@@ -71,9 +83,7 @@ def plan_cells(
                 size += match.label
             model = _apply(model, assignments, "model")
             for lr in lrs if lrs is not None else setting.lrs:
-                train = _apply(
-                    dataclasses.replace(TrainConfig(), **setting.train, lr=lr), assignments, "train"
-                )
+                train = _apply(_train_config(setting.train, lr), assignments, "train")
                 for seed in seeds if seeds is not None else setting.seeds:
                     cell = Cell(
                         suite=suite_name,
@@ -87,6 +97,7 @@ def plan_cells(
                         seed=seed,
                     )
                     cells.setdefault(cell.id, cell)  # an override can make two grid points the same cell
+    _check_cells(list(cells.values()), local, force)
     return list(cells.values())
 
 
@@ -121,6 +132,42 @@ def override_cell(cell: Cell, overrides: Sequence[str]) -> Cell:
     )
 
 
+def _train_config(fields: dict, lr: float) -> TrainConfig:
+    try:
+        return dataclasses.replace(TrainConfig(), **fields, lr=lr)
+    except ValueError as err:
+        raise HarnessError(f"train: {err}") from None
+
+
+def _check_cells(cells: list[Cell], local: bool, force: bool) -> None:
+    """What can be known about the cells before any runs: Literal choices of configs built in code, that each
+    distinct model builds and, for cells run on this machine (`local`), its devices and (unless `force`) that
+    each cell fits its memory."""
+    params: dict[str, int] = {}
+    for cell in cells:
+        for section in SECTIONS:
+            check_choices(getattr(cell, section), section)
+        if local:
+            check_device(cell.train.device)
+        key = config_hash(cell.model)
+        if key not in params:
+            params[key] = _built_on_meta(cell)
+        if local and not force:
+            check_fits(cell, params[key])
+
+
+def _built_on_meta(cell: Cell) -> int:
+    """Build the cell's model on the meta device (shapes only, no memory, no time); returns its parameter count."""
+    try:
+        with torch.device("meta"):
+            model = LanguageModel(cell.model)
+    except Exception as err:  # noqa: BLE001 - whatever stops a model from being built is a setting that cannot work
+        raise HarnessError(
+            f"{cell.model_name}: the model cannot be built with these settings ({type(err).__name__}: {err})"
+        ) from None
+    return model.num_params()
+
+
 def _apply(config, assignments, section: str):
     for path, value in assignments:
         if path[0] != section:
@@ -142,6 +189,17 @@ def _check_mixer_overrides(assignments, models, size) -> None:
             raise HarnessError(f"--set {'.'.join(path)}: no model of this run has a {path[1]} layer")
 
 
+@dataclasses.dataclass
+class SweepOutcome:
+    ran: int = 0
+    """Cells run and stored by this sweep."""
+    skipped: int = 0
+    """Cells already in the store (or stored meanwhile by another sweep)."""
+    unfinished: dict[str, str] = dataclasses.field(default_factory=dict)
+    """Cells that could not run to their end for a reason outside them (their worker died, ...): not stored,
+    so that the next sweep runs them again; cell id -> the reason."""
+
+
 def run_cells(
     cells: Sequence[Cell],
     store: ResultStore,
@@ -153,22 +211,31 @@ def run_cells(
     tensorboard: bool = False,
     on_wait: Callable[[list[Cell]], None] | None = None,
     wandb: WandbOptions | None = None,
-) -> tuple[int, int]:
-    """Run the cells that are not in the store yet; returns (ran, skipped).
+    retry: Collection[str] = (),
+    on_unfinished: Callable[[Cell, str], None] | None = None,
+) -> SweepOutcome:
+    """Run the cells that are not in the store yet.
 
-    Each cell runs under its lease (see results.py), so a killed sweep resumes where it stopped, and two sweeps
-    on one store never run the same cell: cells another live process holds are waited for, and taken over if
-    that process dies (`on_wait` hears of them once). Long cells save checkpoints `checkpoint_every` (steps or
-    seconds) and resume from them. With `checkpoints`, each cell run saves its trained model as a transformers
-    checkpoint under checkpoints/<cell id>/; with `tensorboard`, its training curve, hyper-parameters and final
-    metrics go to STORE/tensorboard/<label>_<cell id>/, with `wandb` to a W&B run (harness/run/loggers.py).
+    Each cell runs under its lease (see results/store.py), so a killed sweep resumes where it stopped, and two
+    sweeps on one store never run the same cell: cells another live process holds are waited for, and taken
+    over if that process dies (`on_wait` hears of them once). Long cells save checkpoints `checkpoint_every`
+    (steps or seconds) and resume from them. With `checkpoints`, each cell run saves its trained model as a
+    transformers checkpoint under checkpoints/<cell id>/; with `tensorboard`, its training curve,
+    hyper-parameters and final metrics go to STORE/tensorboard/<label>_<cell id>/, with `wandb` to a W&B run
+    (harness/run/loggers.py).
+
+    Stored cells whose status is in `retry` (failed, oom, diverged) run again; their earlier rows move to
+    cells/history/. A cell that fails for a reason outside it is not stored (`on_unfinished` hears of it) and
+    runs again next time, except that a full disk stops the sweep with a HarnessError: every cell would fail.
     """
     launcher = launcher or InProcess()
     store.tidy()
     record_plan(store, cells)
+    if retry:
+        _retire(store, cells, set(retry))
     done = store.done()
     todo = [cell for cell in cells if cell.id not in done]
-    ran, skipped = 0, len(cells) - len(todo)
+    outcome = SweepOutcome(skipped=len(cells) - len(todo))
     leases: dict[str, Lease] = {}
     told = False
     try:
@@ -178,12 +245,12 @@ def run_cells(
                 if len(leases) >= launcher.slots:
                     waiting.append(cell)
                 elif store.has(cell.id):
-                    skipped += 1  # finished meanwhile by another sweep on this store
+                    outcome.skipped += 1  # finished meanwhile by another sweep on this store
                 elif (lease := store.lease(cell.id, label=cell.label)) is None:
                     waiting.append(cell)  # another live process runs it
                 elif store.has(cell.id):
                     lease.release()
-                    skipped += 1
+                    outcome.skipped += 1
                 else:
                     leases[cell.id] = lease
                     launcher.submit(
@@ -197,16 +264,41 @@ def run_cells(
                 time.sleep(poll_s)
                 continue
             for cell, rows, meta in launcher.wait(timeout=poll_s):
-                store.write(cell.id, rows, dict(config=to_dict(cell), label=cell.label, **meta))
-                leases.pop(cell.id).release()
-                ran += 1
+                lease = leases.pop(cell.id)
+                try:
+                    if not rows:  # a failure of the machine, not of the cell: nothing is stored
+                        outcome.unfinished[cell.id] = meta["environment"]
+                        if meta.get("no_space"):
+                            raise HarnessError(meta["environment"])
+                        if on_unfinished:
+                            on_unfinished(cell, meta["environment"])
+                        continue
+                    store.write(cell.id, rows, dict(config=to_dict(cell), label=cell.label, **meta))
+                finally:
+                    lease.release()
+                outcome.ran += 1
                 if on_done:
                     on_done(cell, rows)
     finally:
         launcher.close()
         for lease in leases.values():
-            lease.release(remove=False)
-    return ran, skipped
+            lease.release()  # its cell is not finished: the next sweep takes it over (from its checkpoint)
+    return outcome
+
+
+def _retire(store: ResultStore, cells: Sequence[Cell], statuses: set[str]) -> None:
+    """Move the stored results of `cells` whose status is in `statuses` to cells/history/, each under the
+    cell's lease (a cell that another sweep holds is left to it)."""
+    for cell in cells:
+        if not store.has(cell.id) or store.rows(cell.id)[0]["status"] not in statuses:
+            continue
+        lease = store.lease(cell.id, label=cell.label)
+        if lease is None:
+            continue
+        try:
+            store.retire(cell.id)
+        finally:
+            lease.release()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,18 +347,25 @@ def _options(
 
 
 def record_plan(store: ResultStore, cells: Sequence[Cell]) -> Path:
-    """Write the sweep's cell list under sweeps/ (once; the same cells make the same sweep id)."""
+    """Write the sweep's cell list under sweeps/ (once; the same cells make the same sweep id). A record that
+    cannot be read is moved to sweeps/damaged/ and written anew."""
     ids = sorted(cell.id for cell in cells)
     sweep_id = config_hash(ids)[:12]
     path = store.root / "sweeps" / f"{sweep_id}.json"
-    if not path.exists():
+    if path.exists():
+        if read_plan(path) is not None:
+            return path
+        warn(f"unreadable sweep record {path}; moved to {set_aside(path, DAMAGED)}, written anew")
+    plan = dict(
+        id=sweep_id,
+        created=time.time(),
+        suites=sorted({cell.suite for cell in cells}),
+        models=list(dict.fromkeys(cell.model_name for cell in cells)),
+        cells={cell.id: cell.label for cell in cells},
+    )
+    try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        plan = dict(
-            id=sweep_id,
-            created=time.time(),
-            suites=sorted({cell.suite for cell in cells}),
-            models=list(dict.fromkeys(cell.model_name for cell in cells)),
-            cells={cell.id: cell.label for cell in cells},
-        )
         atomic_write(path, json.dumps(plan, indent=1))
+    except OSError as err:
+        raise write_error(err, path) from None
     return path

@@ -1,30 +1,42 @@
 """Training of one model on one task's data: AdamW, warmup + cosine (or warmup-stable-decay), gradient clipping,
 early stop on held-out validation accuracy, bf16 autocast on CUDA, a progress bar, and mid-training checkpoints
-that a killed run resumes from (on the CPU the resumed run ends exactly as an uninterrupted one)."""
+that a killed run resumes from (on the CPU the resumed run ends exactly as an uninterrupted one).
+
+A checkpoint is one safetensors file: the tensors (model, optimizer state, RNG states) in its body, everything
+else (step, schedule, optimizer settings, the TrainResult with its history) as JSON in its header. Nothing in it
+is code, so loading a checkpoint from a shared store cannot run anything (pickle, which torch.save uses, can). A
+checkpoint that cannot be read or does not fit the model is moved aside and the cell trains from scratch.
+"""
 
 from __future__ import annotations
 
+import json
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+import safetensors
+import safetensors.torch
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
 from harness.config import ADDED_LATER
-from harness.results.store import atomic_write
+from harness.errors import warn
+from harness.results.store import atomic_write, set_aside
 from harness.run.device import autocast_dtype, peak_memory_gib
 from harness.run.evaluate import evaluate
 from harness.run.loggers import EVALUATION_FIELDS, RunLogger
 from tasks.base import IGNORE, Slice, TrainingStream
 
 SCHEDULES = ("cosine", "wsd")
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # History fields that measure the machine, not the training: they differ between two runs of the same cell.
 MACHINE_FIELDS = ("tokens_per_s", "peak_memory_gib")
 
@@ -46,7 +58,7 @@ class TrainConfig:
     """Linear warmup from 0 to lr."""
     min_lr_ratio: float = 0.1
     """The schedule ends at lr * min_lr_ratio at max_steps."""
-    schedule: str = field(default="cosine", metadata=ADDED_LATER)
+    schedule: Literal["cosine", "wsd"] = field(default="cosine", metadata=ADDED_LATER)
     """After warmup: 'cosine' (decay over all remaining steps) or 'wsd' (warmup-stable-decay: constant lr, then a
     linear decay over the last `decay_fraction` of the steps)."""
     decay_fraction: float = field(default=0.2, metadata=ADDED_LATER)
@@ -65,14 +77,35 @@ class TrainConfig:
     """Sequences per evaluation batch."""
     device: str = "auto"
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
-    dtype: str = "bf16"
+    dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Autocast dtype on CUDA: 'bf16', 'fp16' or 'fp32'. CPU always trains in fp32."""
 
     def __post_init__(self):
+        # every setting that can be wrong is refused here, so that a sweep never stores rows of an impossible run
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.dtype not in ("bf16", "fp16", "fp32"):
+            raise ValueError(f"dtype must be one of bf16, fp16, fp32, got '{self.dtype}'")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got '{self.device}'")
+        for name in ("max_steps", "batch_size", "eval_every", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.warmup_steps < 0:
+            raise ValueError(f"warmup_steps must be at least 0, got {self.warmup_steps}")
+        if not 0 < self.lr < math.inf:
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr}")
+        for name in ("weight_decay", "grad_clip"):
+            if not 0 <= getattr(self, name) < math.inf:
+                raise ValueError(f"{name} must be a finite number >= 0, got {getattr(self, name)}")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not 0 < self.decay_fraction <= 1:
             raise ValueError(f"decay_fraction must be in (0, 1], got {self.decay_fraction}")
+        if self.target_accuracy is not None and not 0 <= self.target_accuracy <= 1:
+            raise ValueError(f"target_accuracy must be in [0, 1] or none, got {self.target_accuracy}")
 
 
 @dataclass
@@ -92,7 +125,7 @@ class Checkpointing:
     """Where and how often `train` saves its state. Not part of a cell's config: it changes no result."""
 
     path: Path
-    """The checkpoint file (written atomically; resumed from when present)."""
+    """The checkpoint file (safetensors, written atomically; resumed from when present and readable)."""
     every_steps: int | None = None
     """Save every this many optimizer steps."""
     every_s: float | None = 600.0
@@ -123,7 +156,8 @@ def train(
     With `logger` (TensorBoard, W&B: harness/run/loggers.py), every step's loss and every history point go there
     too; the caller finishes it. With `checkpointing`, the model, optimizer, schedule, RNG states, step and
     history are saved now and then, and a run that finds a checkpoint continues from it (the batch order is
-    replayed from the seed).
+    replayed from the seed); a checkpoint that cannot be used is moved to a `damaged/` folder beside it and
+    training starts from step 1.
     """
     result = TrainResult()
     start = time.perf_counter()
@@ -132,7 +166,7 @@ def train(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     first = 1
     if checkpointing is not None and checkpointing.path.exists():
-        first = load_checkpoint(checkpointing.path, model, optimizer, schedule, result, device) + 1
+        first = resume(checkpointing.path, model, optimizer, schedule, result) + 1
     if hasattr(train_slices, "batches"):  # a TrainingStream
         batches = train_slices.batches(config.batch_size, seed, skip=first - 1)
     else:
@@ -216,32 +250,129 @@ def training_loss(model: nn.Module, inputs, labels, segments, amp: torch.dtype |
     return F.cross_entropy(logits.float(), labels[scored])
 
 
+CHECKPOINT_FORMAT = "harness-train-checkpoint/1"
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read, or that does not belong to the model being trained."""
+
+
 def save_checkpoint(path: Path, model: nn.Module, optimizer, schedule, result: TrainResult) -> None:
-    """Everything `train` needs to continue after `result.steps` steps, written atomically."""
-    state = dict(
-        model=model.state_dict(),
-        optimizer=optimizer.state_dict(),
+    """Everything `train` needs to continue after `result.steps` steps, as one safetensors file written
+    atomically (a crash leaves the previous checkpoint or this one, never a mixture)."""
+    tensors = {f"model/{name}": value for name, value in model.state_dict().items()}
+    optimizer_state = optimizer.state_dict()
+    plain = {}  # optimizer state values that are not tensors (none for AdamW today)
+    for index, values in optimizer_state["state"].items():
+        for key, value in values.items():
+            if torch.is_tensor(value):
+                tensors[f"optimizer/{index}/{key}"] = value
+            else:
+                plain[f"{index}/{key}"] = value
+    tensors["rng/torch"] = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    tensors |= {f"rng/cuda/{i}": state for i, state in enumerate(cuda_rng)}
+    header = dict(
+        format=CHECKPOINT_FORMAT,
+        param_groups=optimizer_state["param_groups"],
+        optimizer_values=plain,
         schedule=schedule.state_dict(),
-        result=dict(vars(result)),
-        torch_rng=torch.get_rng_state(),
-        cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        result=vars(result),
+        cuda_devices=len(cuda_rng),
     )
+    # copies on the CPU: safetensors wants contiguous tensors that share no memory (tied embeddings do)
+    tensors = {name: value.detach().to("cpu", copy=True).contiguous() for name, value in tensors.items()}
+    data = safetensors.torch.save(tensors, metadata={"harness": json.dumps(header)})
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda f: torch.save(state, f))
+    try:
+        atomic_write(path, data)
+    except OSError as err:
+        # a full disk shows at the temporary file, or at no file (fsync): name the checkpoint
+        raise OSError(err.errno, err.strerror, str(path)) from err
 
 
-def load_checkpoint(path: Path, model: nn.Module, optimizer, schedule, result: TrainResult, device) -> int:
-    """Restore a checkpoint written by `save_checkpoint`; returns the step it was taken after."""
-    state = torch.load(path, map_location=device, weights_only=False)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    for key, value in state["result"].items():
+def resume(path: Path, model: nn.Module, optimizer, schedule, result: TrainResult) -> int:
+    """Continue from the checkpoint at `path`: returns the step it was taken after, or 0 (start from scratch)
+    when it cannot be used; such a checkpoint is moved aside, and nothing of it is applied."""
+    try:
+        return load_checkpoint(path, model, optimizer, schedule, result)
+    except CheckpointError as err:
+        aside = set_aside(path)
+        warn(f"checkpoint {path} cannot be used ({err}); moved to {aside}, training this cell from step 1")
+        return 0
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer, schedule, result: TrainResult) -> int:
+    """Restore a checkpoint written by `save_checkpoint`; returns the step it was taken after. Raises
+    CheckpointError, before changing anything, if the file cannot be read or does not fit `model`."""
+    tensors, header = read_checkpoint(path)
+    model_state = {name.removeprefix("model/"): t for name, t in tensors.items() if name.startswith("model/")}
+    expected = model.state_dict()
+    if model_state.keys() != expected.keys():
+        raise CheckpointError("its model has other parameters")
+    for name, value in expected.items():
+        if model_state[name].shape != value.shape or model_state[name].dtype != value.dtype:
+            raise CheckpointError(
+                f"parameter {name} is {tuple(model_state[name].shape)}, expected {tuple(value.shape)}"
+            )
+    groups = header["param_groups"]
+    try:
+        same_groups = [len(g["params"]) for g in groups] == [len(g["params"]) for g in optimizer.param_groups]
+    except (TypeError, KeyError):
+        same_groups = False
+    if not same_groups:
+        raise CheckpointError("its optimizer has other parameter groups")
+    params = [param for group in optimizer.param_groups for param in group["params"]]
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in [*tensors.items(), *header["optimizer_values"].items()]:
+        if name.startswith("model/") or name.startswith("rng/"):
+            continue
+        index, _, key = name.removeprefix("optimizer/").partition("/")
+        if not index.isdigit() or int(index) >= len(params):
+            raise CheckpointError(f"optimizer state {name} belongs to no parameter")
+        if torch.is_tensor(value) and value.dim() and value.shape != params[int(index)].shape:
+            raise CheckpointError(f"optimizer state {name} does not fit its parameter")
+        state.setdefault(int(index), {})[key] = value
+    if header["schedule"].keys() != schedule.state_dict().keys():
+        raise CheckpointError("its lr schedule has other fields")
+    for key, value in header["result"].items():
+        default = getattr(result, key, None)
+        if default is None or not isinstance(
+            value, int | float if isinstance(default, float) else type(default)
+        ):
+            raise CheckpointError(f"training field {key}={value!r} is not one of this version")
+
+    # everything checked: apply
+    model.load_state_dict(model_state)
+    # JSON has no tuples: AdamW's betas come back as a list
+    groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in groups]
+    optimizer.load_state_dict(dict(state=state, param_groups=groups))
+    schedule.load_state_dict(header["schedule"])
+    for key, value in header["result"].items():
         setattr(result, key, value)
-    torch.set_rng_state(state["torch_rng"].cpu())
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+    torch.set_rng_state(tensors["rng/torch"])
+    if header["cuda_devices"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([tensors[f"rng/cuda/{i}"] for i in range(header["cuda_devices"])])
     return result.steps
+
+
+def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the JSON header of a checkpoint file; CheckpointError if it is not one."""
+    try:
+        with safetensors.safe_open(str(path), framework="pt", device="cpu") as f:
+            header = json.loads((f.metadata() or {})["harness"])
+            tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open is no dict
+    except (OSError, ValueError, KeyError, TypeError, safetensors.SafetensorError) as err:
+        # ValueError covers JSON errors; a truncated or foreign file shows as any of these
+        raise CheckpointError(f"not a readable checkpoint: {type(err).__name__}: {err}") from None
+    if not isinstance(header, dict) or header.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"not a checkpoint of format {CHECKPOINT_FORMAT}")
+    kinds = dict(param_groups=list, optimizer_values=dict, schedule=dict, result=dict, cuda_devices=int)
+    if not all(isinstance(header.get(key), kind) for key, kind in kinds.items()):
+        raise CheckpointError("incomplete checkpoint")
+    if "rng/torch" not in tensors or tensors["rng/torch"].dtype != torch.uint8:
+        raise CheckpointError("no random number generator state")
+    return tensors, header
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:

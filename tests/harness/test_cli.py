@@ -95,7 +95,7 @@ def test_corrupt_store_is_reported_in_one_line(finished_run, tmp_path):
     (broken / "cells").mkdir(parents=True)
     (broken / "cells" / "bad.jsonl").write_text("{not json")
     result = harness("report", "--out", str(broken), cwd=tmp_path)
-    assert result.returncode == 2 and "corrupt result file" in result.stderr
+    assert result.returncode == 2 and "damaged cell" in result.stderr and "bad.jsonl" in result.stderr
     assert result.stderr.count("\n") == 1
 
 

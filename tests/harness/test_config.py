@@ -105,3 +105,25 @@ def test_a_cell_rebuilt_from_its_stored_config_is_the_same_cell():
     for path in stored:
         view = json.loads(path.read_text())["config"]
         assert Cell.from_view(view).id == path.stem  # the committed baselines rerun as themselves
+
+
+def test_choices_and_finite_numbers():
+    from typing import Literal
+
+    from harness.config import check_choices, parse_value
+
+    assert parse_value("fp16", Literal["bf16", "fp16"], "train.dtype") == "fp16"
+    with pytest.raises(HarnessError, match="expected one of bf16, fp16, got 'bfloat16'"):
+        parse_value("bfloat16", Literal["bf16", "fp16"], "train.dtype")
+    assert parse_value("none", Literal["a"] | None, "k") is None
+    for text in ("nan", "inf", "-inf", "1e400"):
+        with pytest.raises(HarnessError, match="expected a finite number"):
+            parse_value(text, float, "train.lr")
+
+    @dataclass(frozen=True)
+    class Gate:
+        kind: Literal["swish", "sigmoid"] = "swish"
+
+    check_choices({"gdn": Gate()}, "model")
+    with pytest.raises(HarnessError, match="model.gdn.kind: expected one of swish, sigmoid, got 'tanh'"):
+        check_choices({"gdn": Gate(kind="tanh")}, "model")

@@ -20,7 +20,7 @@ from harness.run.cell import CellOptions, run_cell
 from harness.run.grid import load_grid
 from harness.run.status import sweep_progress
 from harness.run.sweep import Every, plan_cells, run_cells
-from harness.run.train import Checkpointing, training_curve
+from harness.run.train import Checkpointing, read_checkpoint, training_curve
 from models.backbone import Mixer, ModelConfig
 from tests.harness.run.sweeps import comparable, small_cells
 
@@ -103,11 +103,12 @@ def test_checkpoint_resume_ends_as_an_uninterrupted_run(tmp_path, monkeypatch):
         saved(path, *args)
         raise KeyboardInterrupt  # killed right after the checkpoint at step 5
 
-    checkpointing = Checkpointing(tmp_path / "c.ckpt", every_steps=5, every_s=None)
+    checkpointing = Checkpointing(tmp_path / "c.ckpt.safetensors", every_steps=5, every_s=None)
     monkeypatch.setattr(harness.run.train, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_cell(cell, CellOptions(checkpointing=checkpointing))
-    assert torch.load(tmp_path / "c.ckpt", weights_only=False)["result"]["steps"] == 5
+    _, header = read_checkpoint(tmp_path / "c.ckpt.safetensors")
+    assert header["result"]["steps"] == 5
     monkeypatch.setattr(harness.run.train, "save_checkpoint", saved)
     rows, meta = run_cell(cell, CellOptions(checkpointing=checkpointing))
     assert comparable(rows) == comparable(reference_rows)
@@ -166,8 +167,8 @@ def test_nan_oom_and_exceptions_are_marked_and_the_sweep_goes_on(tmp_path, monke
 
     cells = [faulty("nan"), good, faulty("error"), faulty("oom"), dataclasses.replace(good, seed=1)]
     store = ResultStore(tmp_path)
-    ran, skipped = run_cells(cells, store)
-    assert (ran, skipped) == (5, 0)
+    outcome = run_cells(cells, store)
+    assert (outcome.ran, outcome.skipped, outcome.unfinished) == (5, 0, {})
     rows = store.read()
     status = rows.groupby("model")["status"].agg(set).to_dict()
     assert status == {
@@ -191,8 +192,8 @@ def test_nan_oom_and_exceptions_are_marked_and_the_sweep_goes_on(tmp_path, monke
 def test_a_rerun_skips_and_status_counts(tmp_path):
     cells = small_cells(lrs=(1e-3, 3e-3), seeds=(0, 1))
     store = ResultStore(tmp_path)
-    assert run_cells(cells[:2], store) == (2, 0)
-    assert run_cells(cells, store, launcher=None, poll_s=0.1)[1] == 2
+    assert run_cells(cells[:2], store).ran == 2
+    assert run_cells(cells, store, launcher=None, poll_s=0.1).skipped == 2
     # one more planned cell, held by a live process: running; ETA from the finished cells' durations
     extra = small_cells(lrs=(1e-2,), seeds=(0, 1))
     from harness.run.sweep import record_plan
@@ -218,7 +219,7 @@ def test_a_cell_held_elsewhere_is_waited_for_then_taken_over(tmp_path):
     # the holder "dies" (releases without a result) after a moment: the sweep then runs the cell itself
     threading.Timer(1.0, lambda: lease.release(remove=False)).start()
     heard = []
-    assert run_cells(cells, store, poll_s=0.2, on_wait=heard.append) == (1, 0)
+    assert run_cells(cells, store, poll_s=0.2, on_wait=heard.append).ran == 1
     assert heard == [cells]
     assert time.time() - started >= 1.0 and store.done() == {cells[0].id}
     assert not math.isnan(store.read()["value"].astype(float).iloc[0])

@@ -7,7 +7,7 @@ import models  # noqa: F401  (registers the mixers)
 import tasks  # noqa: F401
 from harness.run.cell import Cell, run_cell
 from harness.run.data import drop_seen
-from harness.run.train import TrainConfig, lr_factor, make_optimizer
+from harness.run.train import TrainConfig, TrainResult, lr_factor, make_optimizer
 from models.backbone import LanguageModel
 from models.presets import build_model_config
 from tasks.base import Slice
@@ -115,3 +115,34 @@ def test_wsd_schedule_is_flat_then_decays_linearly_over_its_last_fraction():
     assert factors[90] == pytest.approx(0.55) and factors[100] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="schedule must be one of"):
         TrainConfig(schedule="linear")
+
+
+def test_a_checkpoint_that_does_not_fit_is_set_aside_and_nothing_of_it_is_applied(tmp_path, capsys):
+    import safetensors.torch
+
+    from harness.run.train import resume, save_checkpoint
+
+    def fresh():
+        torch.manual_seed(0)
+        model = LanguageModel(build_model_config("kda", "tiny", vocab_size=64))
+        optimizer = make_optimizer(model, TINY_TRAIN)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+        return model, optimizer, schedule
+
+    model, optimizer, schedule = fresh()
+    path = tmp_path / "cell.ckpt.safetensors"
+    save_checkpoint(path, model, optimizer, schedule, TrainResult(steps=7))
+    assert resume(path, *fresh(), TrainResult()) == 7
+    # the same header with one tensor of another shape: refused before anything is loaded
+    tensors = safetensors.torch.load_file(path)
+    with safetensors.safe_open(str(path), "pt") as f:
+        metadata = f.metadata()
+    tensors["model/embed.weight"] = torch.zeros(3, 3)
+    path.write_bytes(safetensors.torch.save(tensors, metadata=metadata))
+    model, optimizer, schedule = fresh()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = TrainResult()
+    assert resume(path, model, optimizer, schedule, result) == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and result.steps == 0
+    assert not path.exists() and (tmp_path / "damaged" / "cell.1.ckpt.safetensors").exists()
+    assert "embed.weight" in capsys.readouterr().err
