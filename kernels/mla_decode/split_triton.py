@@ -48,9 +48,13 @@ def split_kernel(
     o_h, o_r, o_p = tl.arange(0, BH), tl.arange(0, BR), tl.arange(0, BP)
     m_h, m_r, m_p = o_h < H, o_r < R, o_p < P
     # the queries of every head, (BH, BR) and (BH, BP); rows past H are zeros and never stored
-    b_q = tl.load(q_latent + (i_b * H + o_h[:, None]) * R + o_r[None, :], mask=m_h[:, None] & m_r[None, :], other=0.0)
+    b_q = tl.load(
+        q_latent + (i_b * H + o_h[:, None]) * R + o_r[None, :], mask=m_h[:, None] & m_r[None, :], other=0.0
+    )
     if HAS_ROPE:
-        b_qr = tl.load(q_rope + (i_b * H + o_h[:, None]) * P + o_p[None, :], mask=m_h[:, None] & m_p[None, :], other=0.0)
+        b_qr = tl.load(
+            q_rope + (i_b * H + o_h[:, None]) * P + o_p[None, :], mask=m_h[:, None] & m_p[None, :], other=0.0
+        )
     b_m = tl.full([BH], float("-inf"), dtype=tl.float32)  # running max of the scores
     b_l = tl.zeros([BH], dtype=tl.float32)  # running sum of exp(score - max)
     b_acc = tl.zeros([BH, BR], dtype=tl.float32)
@@ -61,7 +65,9 @@ def split_kernel(
         b_c = tl.load(latent + row[:, None] * R + o_r[None, :], mask=m_s[:, None] & m_r[None, :], other=0.0)
         b_s = tl.dot(b_q.to(b_c.dtype), tl.trans(b_c))  # (BH, BS)
         if HAS_ROPE:
-            b_k = tl.load(rope_key + row[:, None] * P + o_p[None, :], mask=m_s[:, None] & m_p[None, :], other=0.0)
+            b_k = tl.load(
+                rope_key + row[:, None] * P + o_p[None, :], mask=m_s[:, None] & m_p[None, :], other=0.0
+            )
             b_s += tl.dot(b_qr.to(b_k.dtype), tl.trans(b_k))
         b_s = tl.where(m_s[None, :], b_s * scale, float("-inf"))
         # a block has at least one key (s0 < hi), so the new max is finite and exp(old - new) is 0 or a ratio
@@ -141,7 +147,10 @@ def mla_decode_triton(
     split_len = split_length(B, S, latent.device, split_len)
     NS = triton.cdiv(S, split_len)
     q_latent, latent = q_latent.contiguous(), latent.contiguous()
-    starts, ends = starts.contiguous(), ends.contiguous()  # one number per row (an expanded scalar has stride 0)
+    starts, ends = (
+        starts.contiguous(),
+        ends.contiguous(),
+    )  # one number per row (an expanded scalar has stride 0)
     if P:
         q_rope, rope_key = q_rope.contiguous(), rope_key.contiguous()
     o_part = _empty(B, NS, H, R, dtype=torch.float32, device=latent.device)

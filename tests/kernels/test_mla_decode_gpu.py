@@ -24,7 +24,9 @@ def inputs(B, S, rope, filled, seed=0):
     return x
 
 
-@pytest.mark.parametrize("B,S,filled", [(1, 32771, 32771), (1, 4096, 1000), (16, 4100, 4099), (64, 4096, 4096)])
+@pytest.mark.parametrize(
+    "B,S,filled", [(1, 32771, 32771), (1, 4096, 1000), (16, 4100, 4099), (64, 4096, 4096)]
+)
 @pytest.mark.parametrize("rope", [True, False])
 def test_kernel_matches_the_plain_path_in_bf16(B, S, filled, rope):
     x = inputs(B, S, rope, filled)
@@ -32,7 +34,9 @@ def test_kernel_matches_the_plain_path_in_bf16(B, S, filled, rope):
     fast = mla_decode(**x, scale=192**-0.5, impl="triton")
     assert fast.dtype == torch.bfloat16 and torch.isfinite(fast).all()
     assert rel_rms(fast, plain) < 1e-2, rel_rms(fast, plain)
-    if B == 1 and S < 5000:  # float64 on the same bf16 inputs: the kernel is no less exact than the plain path
+    if (
+        B == 1 and S < 5000
+    ):  # float64 on the same bf16 inputs: the kernel is no less exact than the plain path
         ref = mla_decode_ref(**x, scale=192**-0.5)
         assert rel_rms(fast, ref) < rel_rms(plain, ref) + 5e-3
 
