@@ -363,9 +363,8 @@ def quality_figure(
             ax.annotate(point["label"], (point[column], point["score"]), fontsize="x-small",
                         xytext=(4, 3), textcoords="offset points")  # fmt: skip
         ax.set_xscale("log")
-        ax.xaxis.set_major_formatter(
-            FuncFormatter(lambda v, _: _bytes(v) if column == "cache_bytes" else f"{v:g}")
-        )
+        tick = _bytes if column == "cache_bytes" else (lambda v: f"{v:g}")
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _, tick=tick: tick(v)))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set(xlabel=xlabel, ylabel=f"{metric} (best lr, mean over slices)")
         ax.grid(alpha=0.3)
