@@ -25,7 +25,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.attention.bias import causal_lower_right
 
 from harness.registry import MIXERS
 from kernels.impl import resolve_impl
@@ -183,6 +182,9 @@ class MLA(Mixer):
         elif attention_mask is not None:
             mask = allowed_keys(attention_mask, past, T, x.device)
         elif past:
+            # slow to import (it pulls in torch._dynamo): only a prompt fed in chunks needs it
+            from torch.nn.attention.bias import causal_lower_right
+
             mask = causal_lower_right(T, past + T)  # the new tokens are the last T: causal to the lower right
         else:
             mask, causal = None, True
