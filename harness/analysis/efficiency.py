@@ -1,15 +1,13 @@
-"""Tables and figures of a `harness bench models` store (harness/run/bench_models.py; docs/efficiency.md).
+"""Tables of a `harness bench models` store (harness/run/bench_models.py; docs/efficiency.md), and the report
+that writes them with the figures (`harness.analysis.efficiency_figures`).
 
 - `efficiency_markdown`: decode (ms/token, tokens/s, the memory floor and how far above it, cache per sequence,
   peak memory, whether batch-1 decode is within TARGET_X of the floor at TARGET_CONTEXT and beyond), speed and
   cache against a baseline model per context, prefill and training tables. A case that ran out of memory or past
   its budget shows as such, with its message.
-- figures: decode tokens/s against context (one panel per batch, the floor dashed), cache bytes per sequence
-  against context (log-log), training tokens/s and peak memory against context, and quality against efficiency:
-  a results store's accuracy (each configuration at its best lr, `harness.analysis.report`) against decode
-  tokens/s and cache bytes of the same architecture, one point per configuration.
-
-Figures are matplotlib.figure.Figure (no pyplot), written in every format asked, as the report's figures are.
+- figures (`efficiency_figures`, drawn where matplotlib is installed): decode tokens/s and cache bytes against
+  context, training against context, and quality against efficiency (`quality_table` gives the quality: a results
+  store's accuracy, each configuration at its best lr, as `harness report` chooses it).
 """
 
 from __future__ import annotations
@@ -19,12 +17,8 @@ import math
 from pathlib import Path
 
 import pandas as pd
-from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, NullFormatter
 
-from harness.analysis.figures import save
-from harness.analysis.labels import base_label
+from harness.analysis.labels import base_label, bytes_text, length_text
 from harness.results.store import ResultStore, atomic_write
 
 TARGET_X = 3.0
@@ -36,22 +30,6 @@ METRICS = (
     "floor_fraction", "cache_bytes", "train_tokens_per_s", "peak_memory_gib",
 )  # fmt: skip
 """The benchmark's metrics (harness/results/metrics.py): every one is a column of `wide`, measured or not."""
-_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
-
-
-def _length(tokens: float) -> str:
-    tokens = int(tokens)
-    for unit, size in (("M", 1024**2), ("K", 1024)):
-        if tokens >= size and tokens % size == 0:
-            return f"{tokens // size}{unit}"
-    return str(tokens)
-
-
-def _bytes(n: float) -> str:
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
-            return f"{n / size:.3g} {unit}"
-    return f"{n:.0f} B"
 
 
 def bench_rows(rows: pd.DataFrame) -> pd.DataFrame:
@@ -133,9 +111,9 @@ def efficiency_markdown(
             target = ""
             if r["status"] == "ok" and r["batch"] == 1 and r["context"] >= TARGET_CONTEXT:
                 target = "met" if over <= TARGET_X else "missed"
-            cache = "-" if pd.isna(r.get("cache_bytes", math.nan)) else _bytes(r["cache_bytes"])
+            cache = "-" if pd.isna(r.get("cache_bytes", math.nan)) else bytes_text(r["cache_bytes"])
             lines.append(
-                f"| {r['label']} | {r['batch']}×{_length(r['context'])} | {_cell(r, 'decode_ms_per_token', '.3f')} | "
+                f"| {r['label']} | {r['batch']}×{length_text(r['context'])} | {_cell(r, 'decode_ms_per_token', '.3f')} | "
                 f"{_cell(r, 'decode_tokens_per_s', '.0f')} | {_cell(r, 'decode_floor_ms', '.3f')} | "
                 f"{'-' if math.isnan(over) else f'{over:.1f}×'} | {cache} | {_cell(r, 'peak_memory_gib', '.2f')} | "
                 f"{decode_mode(r['kernel_impl'])} | {target} | {_note(r, notes)} |"
@@ -150,7 +128,7 @@ def efficiency_markdown(
             + "\n".join(lines)
             + f"\n\nfloor: every weight (less the input embedding) and every sequence's cache read once at the measured "
             f"copy bandwidth; × floor = measured / floor; target: batch 1 within {TARGET_X:g}× of the floor at "
-            f"{_length(TARGET_CONTEXT)} and beyond. kernels: {paths}"
+            f"{length_text(TARGET_CONTEXT)} and beyond. kernels: {paths}"
         )
         relative = relative_markdown(decode, baseline)
         if relative:
@@ -167,7 +145,7 @@ def efficiency_markdown(
         for _, r in part.iterrows():
             values = " | ".join(_cell(r, column, spec, scale) for column, _, spec, scale in columns)
             lines.append(
-                f"| {r['label']} | {r['batch']}×{_length(r['context'])} | {values} | "
+                f"| {r['label']} | {r['batch']}×{length_text(r['context'])} | {values} | "
                 f"{_cell(r, 'peak_memory_gib', '.2f')} | {_note(r, notes)} |"
             )
         parts.append(f"### {title}\n\n" + "\n".join(lines))
@@ -183,7 +161,7 @@ def relative_markdown(decode: pd.DataFrame, baseline: str) -> str:
     contexts = sorted(set(ok["context"]) & set(base["context"]))
     ref = base.drop_duplicates("context").set_index("context")
     lines = [
-        "| model | " + " | ".join(_length(c) for c in contexts) + " |",
+        "| model | " + " | ".join(length_text(c) for c in contexts) + " |",
         "|---" * (len(contexts) + 1) + "|",
     ]
     for label, group in ok[ok["model"] != baseline].groupby("label", sort=False):
@@ -201,111 +179,6 @@ def relative_markdown(decode: pd.DataFrame, baseline: str) -> str:
         f"against {base['label'].iloc[0]}: batch-1 decode tokens/s (× its) · cache per sequence (% of its)"
     )
     return f"### {title}\n\n" + "\n".join(lines)
-
-
-# ---------------------------------------------------------------------------------------------------- figures
-
-
-def _styles(labels) -> dict[str, tuple[str, str]]:
-    return {label: (f"C{i % 10}", _MARKERS[i % len(_MARKERS)]) for i, label in enumerate(sorted(set(labels)))}
-
-
-def _context_axis(ax, contexts) -> None:
-    ax.set_xscale("log", base=2)
-    ticks = sorted(set(int(c) for c in contexts))
-    ax.set_xticks(ticks, [_length(c) for c in ticks])
-    ax.minorticks_off()
-    ax.set_xlabel("context (tokens)")
-    ax.grid(alpha=0.3)
-
-
-def _legend(fig: Figure, styles, extra=()) -> None:
-    handles = [Line2D([], [], color=c, marker=m, label=label) for label, (c, m) in styles.items()] + list(
-        extra
-    )
-    fig.legend(
-        handles=handles, loc="lower center", ncol=min(len(handles), 4), fontsize="small", frameon=False
-    )
-
-
-def decode_figure(table: pd.DataFrame) -> Figure | None:
-    """Decode tokens/s against context, one panel per batch size, one line per model; the memory floor dashed."""
-    decode = table[(table["task"] == "decode") & (table["status"] == "ok")]
-    if decode.empty:
-        return None
-    batches = sorted(decode["batch"].unique())
-    styles = _styles(decode["label"])
-    fig = Figure(figsize=(5 * len(batches), 4.2))
-    axes = fig.subplots(1, len(batches), squeeze=False)[0]
-    for ax, batch in zip(axes, batches, strict=True):
-        part = decode[decode["batch"] == batch]
-        for label, line in part.groupby("label"):
-            line = line.sort_values("context")
-            colour, marker = styles[label]
-            ax.plot(line["context"], line["decode_tokens_per_s"], color=colour, marker=marker)
-            ax.plot(
-                line["context"],
-                batch * 1e3 / line["decode_floor_ms"],
-                color=colour,
-                linestyle="--",
-                linewidth=0.8,
-                marker="_",  # a one-context floor still shows
-            )
-        _context_axis(ax, part["context"])
-        ax.set_yscale("log")
-        ax.set(ylabel="decode tokens/s (all sequences)", title=f"batch {batch}")
-    floor = Line2D([], [], color="0.3", linestyle="--", linewidth=0.8, label="memory floor")
-    _legend(fig, styles, [floor])
-    fig.suptitle("decode throughput against context", fontsize="medium")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    return fig
-
-
-def cache_figure(table: pd.DataFrame) -> Figure | None:
-    """Cache bytes per sequence against context, log-log, one line per model."""
-    decode = table[(table["task"] == "decode") & (table["status"] == "ok")].dropna(subset=["cache_bytes"])
-    if decode.empty:
-        return None
-    styles = _styles(decode["label"])
-    fig = Figure(figsize=(5.5, 4.4))
-    ax = fig.subplots()
-    for label, line in decode.drop_duplicates(["label", "context"]).groupby("label"):
-        line = line.sort_values("context")
-        colour, marker = styles[label]
-        ax.plot(line["context"], line["cache_bytes"], color=colour, marker=marker, markerfacecolor="none")
-    _context_axis(ax, decode["context"])
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda value, _: _bytes(value)))
-    ax.set_ylabel("decoding cache per sequence")
-    _legend(fig, styles)
-    fig.suptitle("cache per sequence against context (measured from the cache's tensors)", fontsize="medium")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    return fig
-
-
-def train_figure(table: pd.DataFrame) -> Figure | None:
-    """Training tokens/s and peak memory against context, one line per model."""
-    train = table[(table["task"] == "train") & (table["status"] == "ok")]
-    if train.empty:
-        return None
-    styles = _styles(train["label"])
-    fig = Figure(figsize=(10, 4.2))
-    for ax, column, ylabel in zip(
-        fig.subplots(1, 2),
-        ("train_tokens_per_s", "peak_memory_gib"),
-        ("training tokens/s", "peak memory (GiB)"),
-        strict=True,
-    ):
-        for label, line in train.groupby("label"):
-            line = line.sort_values("context")
-            colour, marker = styles[label]
-            ax.plot(line["context"], line[column], color=colour, marker=marker)
-        _context_axis(ax, train["context"])
-        ax.set_ylabel(ylabel)
-    _legend(fig, styles)
-    fig.suptitle("training against context (same tokens per step)", fontsize="medium")
-    fig.tight_layout(rect=(0, 0.12, 1, 1))
-    return fig
 
 
 def quality_table(store: ResultStore, suite: str | None = None, metric: str = "accuracy") -> pd.DataFrame:
@@ -326,56 +199,6 @@ def quality_table(store: ResultStore, suite: str | None = None, metric: str = "a
         .agg(score=("mean", "mean"), slices=("slice", "nunique"))
         .reset_index()
     )
-
-
-def quality_figure(
-    table: pd.DataFrame, quality: pd.DataFrame, metric: str = "accuracy", context: int | None = None
-) -> Figure | None:
-    """Quality (one point per trained configuration) against the batch-1 decode tokens/s and the cache per
-    sequence of its architecture at `context` (default: the longest context measured for every architecture
-    joined)."""
-    decode = table[(table["task"] == "decode") & (table["status"] == "ok") & (table["batch"] == 1)]
-    joined = quality.merge(decode, on="model", suffixes=("", "_bench"))
-    if joined.empty:
-        return None
-    if context is None:
-        common = set.intersection(*(set(g["context"]) for _, g in joined.groupby("model")))
-        if not common:
-            return None
-        context = max(common)
-    joined = joined[joined["context"] == context]
-    if joined.empty:
-        return None
-    styles = _styles(joined["model"])
-    fig = Figure(figsize=(10, 4.4))
-    for ax, column, xlabel in zip(
-        fig.subplots(1, 2),
-        ("decode_tokens_per_s", "cache_bytes"),
-        (
-            f"decode tokens/s at {_length(context)} (batch 1)",
-            f"cache per sequence at {_length(context)} (bytes)",
-        ),
-        strict=True,
-    ):
-        for _, point in joined.iterrows():
-            colour, marker = styles[point["model"]]
-            ax.scatter(point[column], point["score"], color=colour, marker=marker, s=40)
-            ax.annotate(point["label"], (point[column], point["score"]), fontsize="x-small",
-                        xytext=(4, 3), textcoords="offset points")  # fmt: skip
-        ax.set_xscale("log")
-        tick = _bytes if column == "cache_bytes" else (lambda v: f"{v:g}")
-        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _, tick=tick: tick(v)))
-        ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.set(xlabel=xlabel, ylabel=f"{metric} (best lr, mean over slices)")
-        ax.grid(alpha=0.3)
-    sizes = ", ".join(dict.fromkeys(joined["preset_bench"] if "preset_bench" in joined else joined["preset"]))
-    fig.suptitle(f"quality against efficiency (efficiency measured at {sizes})", fontsize="medium")
-    handles = [Line2D([], [], color=c, marker=m, linestyle="", label=k) for k, (c, m) in styles.items()]
-    fig.legend(
-        handles=handles, loc="lower center", ncol=min(len(handles), 5), fontsize="small", frameon=False
-    )
-    fig.tight_layout(rect=(0, 0.1, 1, 1))
-    return fig
 
 
 def profile_markdown(metas: dict[str, dict]) -> str:
@@ -424,18 +247,25 @@ def write_efficiency_report(
     )
     atomic_write(written[1], table.to_csv(index=False))
     if figures and not table.empty:
-        drawn = {
-            "bench_decode_vs_context": decode_figure(table),
-            "bench_cache_vs_context": cache_figure(table),
-            "bench_train_vs_context": train_figure(table),
-        }
-        if quality is not None and not quality.empty:
-            drawn["bench_quality_vs_efficiency"] = quality_figure(table, quality, metric)
-            atomic_write(
-                directory / "quality.json", json.dumps(quality.to_dict("records"), indent=1, default=str)
-            )
-            written.append(directory / "quality.json")
-        for name, fig in drawn.items():
-            if fig is not None:
-                written.append(save(fig, directory / f"{name}.png", formats))
+        try:
+            from harness.analysis import efficiency_figures as draw  # matplotlib: optional on a GPU image
+        except ImportError as error:
+            text += f"\n\n(no figures: {error}; draw them later with `harness bench models --report-only`)"
+            draw = None
+        if draw is not None:
+            drawn = {
+                "bench_decode_vs_context": draw.decode_figure(table),
+                "bench_cache_vs_context": draw.cache_figure(table),
+                "bench_train_vs_context": draw.train_figure(table),
+            }
+            if quality is not None and not quality.empty:
+                drawn["bench_quality_vs_efficiency"] = draw.quality_figure(table, quality, metric)
+            for name, fig in drawn.items():
+                if fig is not None:
+                    written.append(draw.save(fig, directory / f"{name}.png", formats))
+    if quality is not None and not quality.empty:
+        atomic_write(
+            directory / "quality.json", json.dumps(quality.to_dict("records"), indent=1, default=str)
+        )
+        written.append(directory / "quality.json")
     return text + "\n\nwritten: " + ", ".join(str(p) for p in written)

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from harness.analysis.labels import length_text
 from harness.config import config_hash, to_dict
 from harness.errors import HarnessError
 from harness.results.metrics import METRICS
@@ -69,14 +70,6 @@ def parse_length(text: str) -> int:
     return int(float(match[1]) * {"": 1, "k": 1024, "m": 1024**2}[match[2].lower()])
 
 
-def short_length(tokens: int) -> str:
-    """4096 -> '4K', 1048576 -> '1M', 300 -> '300'."""
-    for unit, size in (("M", 1024**2), ("K", 1024)):
-        if tokens >= size and tokens % size == 0:
-            return f"{tokens // size}{unit}"
-    return str(tokens)
-
-
 @dataclass(frozen=True)
 class Case:
     """What one cell of the benchmark measures: 'infer' (a prompt of `context` tokens, then decode steps) or
@@ -92,7 +85,7 @@ class Case:
 
     @property
     def label(self) -> str:
-        return f"{self.kind} {self.batch}x{short_length(self.context)}"
+        return f"{self.kind} {self.batch}x{length_text(self.context)}"
 
 
 def plan_cases(
@@ -315,6 +308,8 @@ class Bench:
         time_budget_s: float | None = None,
         profile: bool = False,
     ):
+        """`time_budget_s`: cases not started by then are skipped (listed at the end). `profile`: profile the
+        decode step of every batch-1 case (CUDA)."""
         self.settings, self.store, self.on_line = settings, store, on_line
         self.device = resolve_device(settings.device)
         self.dtype = inference_dtype(settings.dtype, self.device)
@@ -352,17 +347,20 @@ class Bench:
             f"inference dtype {str(self.dtype).removeprefix('torch.')}"
         )
         written = []
-        for model in models:
-            todo = [case for case in cases if not self.store.has(self.cell_id(model, case))]
-            for case in cases:
-                if case not in todo:
-                    self.on_line(f"{model.label} {case.label}: already in {self.store.root}/")
-            infer = [case for case in todo if case.kind == "infer"]
-            train = [case for case in todo if case.kind == "train"]
-            if infer:
-                written += self._cases(model, infer, self._infer_model(model), self.infer)
-            if train:
-                written += self._cases(model, train, None, self.train)
+        # every model's inference first, then training: a run cut short by its time budget keeps the decode rows
+        for kind in ("infer", "train"):
+            for model in models:
+                todo = []
+                for case in (c for c in cases if c.kind == kind):
+                    if self.store.has(self.cell_id(model, case)):
+                        self.on_line(f"{model.label} {case.label}: already in {self.store.root}/")
+                    else:
+                        todo.append(case)
+                if not todo:
+                    continue
+                built = self._infer_model(model) if kind == "infer" else None
+                written += self._cases(model, todo, built, self.infer if kind == "infer" else self.train)
+                del built
         if self.not_run:
             self.on_line(f"time budget reached; not run: {', '.join(self.not_run)}")
         return written
@@ -503,7 +501,8 @@ class Bench:
                 _sync(device)
                 if i >= settings.warmup_steps:
                     times.append(time.perf_counter() - step_start)
-            profile = self._profile(built, cache, ids) if self.profile and not warmup else None
+            profiled = self.profile and not warmup and B == 1
+            profile = self._profile(built, cache, ids) if profiled else None
         if warmup:
             return Outcome([], {})
         step_ms = 1e3 * statistics.median(times)
@@ -642,6 +641,5 @@ __all__ = [
     "parse_length",
     "plan_cases",
     "resolve_models",
-    "short_length",
     "weight_bytes",
 ]

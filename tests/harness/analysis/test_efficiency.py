@@ -3,7 +3,8 @@ and models are compared with the baseline per context."""
 
 import pandas as pd
 
-from harness.analysis.efficiency import efficiency_markdown, quality_figure, wide
+from harness.analysis.efficiency import efficiency_markdown, wide
+from harness.analysis.efficiency_figures import quality_figure
 from harness.results.schema import Row
 
 

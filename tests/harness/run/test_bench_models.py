@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
+from harness.analysis.labels import length_text
 from harness.errors import HarnessError
 from harness.results.store import ResultStore
 from harness.run.bench_models import (
@@ -20,7 +21,6 @@ from harness.run.bench_models import (
     parse_length,
     plan_cases,
     resolve_models,
-    short_length,
     weight_bytes,
 )
 from models.backbone import LanguageModel
@@ -34,7 +34,7 @@ CASES = [Case("infer", 1, 40), Case("infer", 3, 24), Case("train", 2, 16)]
 
 def test_lengths_and_cases():
     assert [parse_length(t) for t in ("4K", "1M", "300", "0.5K")] == [4096, 1 << 20, 300, 512]
-    assert short_length(32768) == "32K" and short_length(1 << 20) == "1M" and short_length(300) == "300"
+    assert length_text(32768) == "32K" and length_text(1 << 20) == "1M" and length_text(300) == "300"
     cases = plan_cases("4K,32K", "64x4K", "4K,32K", 32768)
     assert cases == [
         Case("infer", 1, 4096), Case("infer", 1, 32768), Case("infer", 64, 4096),
