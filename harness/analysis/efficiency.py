@@ -202,22 +202,30 @@ def quality_table(store: ResultStore, suite: str | None = None, metric: str = "a
 
 
 def profile_markdown(metas: dict[str, dict]) -> str:
-    """Where a decode step's time goes, for the cells that were profiled: device time by kernel, and the step's
-    wall time against the device's (the rest is launch and host overhead)."""
+    """Where a decode step's time goes, for the cells that were profiled: per run of the step (as measured, i.e.
+    graph replays on CUDA, and eagerly) its wall time, the device time in kernels and the kernels launched, and the
+    kernels that took the most."""
     parts = []
     for meta in metas.values():
-        profile = meta.get("profile") or {}
-        if not profile.get("kernels"):
+        runs = meta.get("profile") or {}
+        lines = []
+        for name, run in runs.items():
+            if "error" in run:
+                lines.append(f"- {name}: profile failed ({run['error']})")
+            elif run:
+                lines.append(
+                    f"- {name}: {run['wall_ms']:.3f} ms per step, {run['device_ms']:.3f} ms of it in "
+                    f"{run['launches']:.0f} kernels ({run['device_ms'] / run['wall_ms']:.0%})"
+                )
+        # the eager step's kernels where it has them (one launch each), else the measured step's
+        kernels = (
+            (runs.get("eager") or {}).get("kernels") or (runs.get("measured") or {}).get("kernels") or []
+        )
+        if not lines:
             continue
-        lines = [
-            f"#### {meta.get('label', '')}: {profile['wall_ms']:.3f} ms per step, {profile['device_ms']:.3f} ms of it "
-            f"in kernels ({profile['device_ms'] / profile['wall_ms']:.0%})",
-            "",
-            "| kernel | calls per step | ms per step |",
-            "|---|---|---|",
-        ]
-        lines += [f"| {k['kernel']} | {k['calls']:.0f} | {k['ms']:.4f} |" for k in profile["kernels"]]
-        parts.append("\n".join(lines))
+        table = ["", "| kernel | calls per step | ms per step |", "|---|---|---|"]
+        table += [f"| {k['kernel']} | {k['calls']:.0f} | {k['ms']:.4f} |" for k in kernels[:12]]
+        parts.append(f"#### {meta.get('label', '')}\n\n" + "\n".join(lines + (table if kernels else [])))
     return "\n\n".join(parts)
 
 

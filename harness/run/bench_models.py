@@ -356,6 +356,9 @@ class Bench:
                         self.on_line(f"{model.label} {case.label}: already in {self.store.root}/")
                     else:
                         todo.append(case)
+                if todo and self._over_budget():
+                    self.not_run += [f"{model.label} {case.label}" for case in todo]
+                    continue
                 if not todo:
                     continue
                 built = self._infer_model(model) if kind == "infer" else None
@@ -368,7 +371,7 @@ class Bench:
     def _cases(self, model: BenchModel, cases: list[Case], built, measure) -> list[dict[str, Any]]:
         written = []
         for case in cases:
-            if self.time_budget_s is not None and time.perf_counter() - self.started > self.time_budget_s:
+            if self._over_budget():
                 self.not_run.append(f"{model.label} {case.label}")
                 continue
             start = time.perf_counter()
@@ -380,6 +383,9 @@ class Bench:
             self.on_line(_summary_line(model, case, rows, wall))
             written += rows
         return written
+
+    def _over_budget(self) -> bool:
+        return self.time_budget_s is not None and time.perf_counter() - self.started > self.time_budget_s
 
     def _guarded(self, model: BenchModel, case: Case, built, measure) -> Outcome:
         """measure(...), with a refusal when the estimate does not fit and a row for running out of memory."""
@@ -461,7 +467,7 @@ class Bench:
         B, T = case.batch, case.context
         notes: list[str] = []
         steps = settings.warmup_steps + settings.decode_steps
-        room = steps + 1 + (4 if self.profile else 0)  # decode steps (and profiled ones) after the prompt
+        room = steps + 1 + (7 if self.profile else 0)  # decode steps (and profiled ones) after the prompt
         gen = torch.Generator(device=device).manual_seed(0)
         prompt = torch.randint(model.config.vocab_size, (B, T), device=device, generator=gen)
         with torch.no_grad():
@@ -546,26 +552,39 @@ class Bench:
         return Outcome(rows, meta)
 
     def _profile(self, built: LanguageModel, cache: StaticCache, ids: torch.Tensor, steps: int = 3) -> dict:
-        """Device time by kernel over a few decode steps as measured (graph replays on CUDA), and the step's
-        wall time: the gap between the two is launch and host overhead."""
-        if self.device.type != "cuda" or cache.seen_tokens + steps + 1 > cache.max_len:
+        """Where a decode step's time goes: device time by kernel over a few steps as measured (graph replays on
+        CUDA) and the same steps run eagerly, each against its wall time (the rest is launch and host overhead)."""
+        if self.device.type != "cuda" or cache.seen_tokens + 2 * steps + 1 > cache.max_len:
             return {}
+        runs = {
+            "measured": lambda: built(ids, cache=cache),
+            "eager": lambda: built.lm_head(built.hidden_states(ids, cache)),  # no graph replay
+        }
+        return {name: self._profile_steps(step, steps) for name, step in runs.items()}
+
+    def _profile_steps(self, step: Callable[[], object], steps: int) -> dict:
         from torch.profiler import ProfilerActivity, profile  # only profiled runs need the profiler
 
-        _sync(self.device)
-        start = time.perf_counter()
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
-            for _ in range(steps):
-                built(ids, cache=cache)
+        try:
             _sync(self.device)
-        wall_ms = 1e3 * (time.perf_counter() - start) / steps
+            start = time.perf_counter()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    step()
+                _sync(self.device)
+            wall_ms = 1e3 * (time.perf_counter() - start) / steps
+        except Exception as error:  # noqa: BLE001 - a profile that fails leaves a note, not a failed case
+            return dict(error=_message(error))
         kernels = []
         for event in prof.key_averages():
             us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
             if us > 0:
                 kernels.append(dict(kernel=event.key[:70], calls=event.count / steps, ms=us / steps / 1e3))
         kernels.sort(key=lambda k: -k["ms"])
-        return dict(wall_ms=wall_ms, device_ms=sum(k["ms"] for k in kernels), kernels=kernels[:25])
+        launches = sum(k["calls"] for k in kernels)
+        return dict(
+            wall_ms=wall_ms, device_ms=sum(k["ms"] for k in kernels), launches=launches, kernels=kernels[:20]
+        )
 
     # ------------------------------------------------------------------------------------------- training
 

@@ -3,7 +3,7 @@ and models are compared with the baseline per context."""
 
 import pandas as pd
 
-from harness.analysis.efficiency import efficiency_markdown, wide
+from harness.analysis.efficiency import efficiency_markdown, profile_markdown, wide
 from harness.analysis.efficiency_figures import quality_figure
 from harness.results.schema import Row
 
@@ -50,3 +50,21 @@ def test_quality_joins_by_architecture():
     fig = quality_figure(wide(frame()), quality)
     assert fig is not None  # kda has no efficiency rows: two points, at the longest context both have
     assert len(fig.axes[0].collections) == 2
+
+
+def test_profiles_say_where_the_step_time_goes():
+    kernels = [
+        dict(kernel="mla_split_kernel", calls=2, ms=0.30),
+        dict(kernel="elementwise", calls=300, ms=0.20),
+    ]
+    meta = {"a": dict(label="mla@bench-167m infer 1x32K", profile=dict(
+        measured=dict(wall_ms=0.6, device_ms=0.5, launches=302, kernels=kernels),
+        eager=dict(error="RuntimeError: CUPTI"),
+    ))}  # fmt: skip
+    text = profile_markdown(meta)
+    assert "#### mla@bench-167m infer 1x32K" in text
+    assert "- measured: 0.600 ms per step, 0.500 ms of it in 302 kernels (83%)" in text
+    assert (
+        "- eager: profile failed (RuntimeError: CUPTI)" in text and "| elementwise | 300 | 0.2000 |" in text
+    )
+    assert profile_markdown({"b": dict(label="x")}) == ""
