@@ -6,6 +6,7 @@ TRITON_INTERPRET=1 (Triton's interpreter, for tests). Nothing switches silently:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -14,6 +15,7 @@ import torch
 IMPLS = ("auto", "torch", "triton", "reference")
 
 
+@functools.cache  # asked on every call of an op (every layer of every decode step): look once
 def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
