@@ -579,10 +579,9 @@ def bench_models(
             "--quick", help="Tiny sizes, contexts and step counts (a check of the command, e.g. on the CPU)."
         ),
     ] = False,
-    profile: Annotated[
-        bool,
-        typer.Option("--profile", help="Also profile the decode step of every case (CUDA): kernels, gaps."),
-    ] = False,
+    profile_contexts: Annotated[
+        str, typer.Option(help="Profile the batch-1 decode step at these contexts (CUDA), e.g. 32K,1M.")
+    ] = "",
     report_only: Annotated[
         bool, typer.Option("--report-only", help="Measure nothing: tables and figures of the store at --out.")
     ] = False,
@@ -657,7 +656,10 @@ def bench_models(
         resolved = resolve_models(_split(models), size, settings, match)
         check_models(resolved)
         cases = plan_cases(contexts, batched, train_contexts, parse_length(train_tokens))
-        bench = Bench(settings, store, on_line=typer.echo, time_budget_s=time_budget, profile=profile)
+        profiled = tuple(parse_length(c) for c in _split(profile_contexts))
+        bench = Bench(
+            settings, store, on_line=typer.echo, time_budget_s=time_budget, profile_contexts=profiled
+        )
         bench.run(resolved, cases)
     elif not (out / "cells").is_dir():
         raise HarnessError(f"--report-only: no results store at {out}/")

@@ -306,14 +306,14 @@ class Bench:
         store: ResultStore,
         on_line: Callable[[str], None] = print,
         time_budget_s: float | None = None,
-        profile: bool = False,
+        profile_contexts: tuple[int, ...] = (),
     ):
-        """`time_budget_s`: cases not started by then are skipped (listed at the end). `profile`: profile the
-        decode step of every batch-1 case (CUDA)."""
+        """`time_budget_s`: cases not started by then are skipped (listed at the end). `profile_contexts`: profile
+        the decode step of the batch-1 cases at these contexts (CUDA)."""
         self.settings, self.store, self.on_line = settings, store, on_line
         self.device = resolve_device(settings.device)
         self.dtype = inference_dtype(settings.dtype, self.device)
-        self.time_budget_s, self.profile = time_budget_s, profile
+        self.time_budget_s, self.profile_contexts = time_budget_s, set(profile_contexts)
         self.bandwidth = measure_bandwidth(self.device)
         self.started = time.perf_counter()
         commit, dirty = git_state()
@@ -467,7 +467,8 @@ class Bench:
         B, T = case.batch, case.context
         notes: list[str] = []
         steps = settings.warmup_steps + settings.decode_steps
-        room = steps + 1 + (7 if self.profile else 0)  # decode steps (and profiled ones) after the prompt
+        profiled = not warmup and B == 1 and T in self.profile_contexts
+        room = steps + 1 + (7 if profiled else 0)  # decode steps (and profiled ones) after the prompt
         gen = torch.Generator(device=device).manual_seed(0)
         prompt = torch.randint(model.config.vocab_size, (B, T), device=device, generator=gen)
         with torch.no_grad():
@@ -507,7 +508,6 @@ class Bench:
                 _sync(device)
                 if i >= settings.warmup_steps:
                     times.append(time.perf_counter() - step_start)
-            profiled = self.profile and not warmup and B == 1
             profile = self._profile(built, cache, ids) if profiled else None
         if warmup:
             return Outcome([], {})

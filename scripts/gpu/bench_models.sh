@@ -33,7 +33,7 @@ if [ "${1:-}" = --quick ]; then
   TEST_TIMEOUT=${TEST_TIMEOUT:-60}
 else
   BENCH=(--models "$MODELS" --size bench-167m --contexts 4K,32K,128K,512K,1M --batched 64x4K,16x32K
-         --train-contexts 4K,32K --train-tokens 32K --decode-steps 20 --prefill-chunk 64K --profile)
+         --train-contexts 4K,32K --train-tokens 32K --decode-steps 20 --prefill-chunk 64K --profile-contexts 32K,1M)
   TEST_TIMEOUT=${TEST_TIMEOUT:-150}
 fi
 
