@@ -25,8 +25,8 @@ def rel_rms(x, ref):
     return ((x - ref).pow(2).mean().sqrt() / ref.pow(2).mean().sqrt()).item()
 
 
-# every mixer in bf16 (the benchmark's dtype); float32 for the two with MLA's kernel and KDA's (a tighter check)
-CASES = [(arch, torch.bfloat16, 3e-2) for arch in ARCHS] + [(a, torch.float32, 5e-3) for a in ("mla", "kimi")]
+# every mixer in bf16 (the benchmark's dtype); float32 (TF32 products in the kernels) for MLA and kimi
+CASES = [(arch, torch.bfloat16, 5e-2) for arch in ARCHS] + [(a, torch.float32, 1e-2) for a in ("mla", "kimi")]
 
 
 @pytest.mark.parametrize("arch,dtype,tolerance", CASES)
