@@ -126,7 +126,7 @@ class ModelConfig:
     init_std: float = 0.02
     """Standard deviation of the normal initialisation of linear and embedding weights."""
     kernel_impl: str = "auto"
-    """Gated-delta-rule implementation: auto, torch, triton or reference."""
+    """Kernels of the gated delta rule and of MLA's decode attention: auto, torch, triton or reference."""
 
     def __post_init__(self):
         if not self.layers:
