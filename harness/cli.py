@@ -7,6 +7,7 @@
     harness size --models kda,gdn,mla --params 1M --tolerance 0.05
     harness list
     harness bench kernels --out results/kernels-h100
+    harness bench models --models mla,kimi,kda --contexts 4K,32K,128K --batched 16x32K --out results/bench
     harness eval --checkpoint runs/checkpoints/<cell id> --tasks harness_mqar     (lm-eval, in process)
     harness export-tasks --suite recall --out lm_eval_tasks                       (synthetic tasks for lm-eval)
 
@@ -20,6 +21,7 @@ The commands import what they need when they run (torch, transformers, lm-eval t
 
 from __future__ import annotations
 
+import inspect
 import os
 import signal
 import sys
@@ -560,7 +562,10 @@ def list_() -> None:
         typer.echo(f"  {name:<12} {first_line(cls)}")
 
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that need a CUDA device.")
+bench_app = typer.Typer(
+    no_args_is_help=True,
+    help="Benchmarks: the kernels (CUDA), the models' efficiency (CUDA or, small, the CPU).",
+)
 app.add_typer(bench_app, name="bench")
 
 
@@ -597,6 +602,162 @@ def bench_kernels(
         warm_budget_s=warm_budget,
     )
     typer.echo(f"\n{len(rows)} rows; table, CSV and JSON under {out}/")
+
+
+QUICK = dict(
+    size="tiny", contexts="64,256", batched="4x64", train_contexts="64,128", train_tokens="256", decode_steps=3,
+    train_steps=1, prefill_chunk="128", vocab=256,
+)  # fmt: skip
+
+
+@bench_app.command("models")
+def bench_models(
+    models: Annotated[
+        str,
+        typer.Option("--models", "-m", help="Comma-separated models: presets, hybrids, plugins, ARCH@SIZE."),
+    ] = "mla,mla-nope,kimi,gdn-h,kda,gdn,mamba2",
+    size: Annotated[str, typer.Option(help="Size preset of models named without @SIZE.")] = "bench-167m",
+    params: Annotated[
+        str | None, typer.Option(help="Resize every model to this many parameters (e.g. 167M; see `size`).")
+    ] = None,
+    tolerance: Annotated[float, typer.Option(help="Tolerance of --params.")] = 0.05,
+    count: Annotated[str, typer.Option(help="--params counts non-embedding or total parameters.")] = "total",
+    contexts: Annotated[str, typer.Option(help="Contexts of batch-1 prefill and decode, e.g. 4K,32K,1M.")] = (
+        "4K,32K,128K"
+    ),
+    batched: Annotated[str, typer.Option(help="More BATCHxCONTEXT cases, e.g. 64x4K,16x32K.")] = "",
+    train_contexts: Annotated[str, typer.Option(help="Contexts of the training cases, e.g. 4K,32K.")] = "",
+    train_tokens: Annotated[
+        str, typer.Option(help="Tokens per training step (batch = tokens / context, at least 1).")
+    ] = "32K",
+    decode_steps: Annotated[
+        int, typer.Option(help="Decode steps timed per case (the median is the row).")
+    ] = 20,
+    train_steps: Annotated[int, typer.Option(help="Training steps timed per case.")] = 3,
+    prefill_chunk: Annotated[str, typer.Option(help="Prompt tokens per forward of the prefill.")] = "64K",
+    row_budget: Annotated[
+        float, typer.Option(help="Seconds a prefill may take; past it the rest of the cache is made up.")
+    ] = 60.0,
+    time_budget: Annotated[
+        float | None, typer.Option(help="Seconds for the whole run: cases not started by then are skipped.")
+    ] = None,
+    graphs: Annotated[bool, typer.Option(help="Capture the decode step as a CUDA graph (CUDA only).")] = True,
+    dtype: Annotated[
+        str, typer.Option(help="auto (bf16 on CUDA, fp32 on the CPU), bf16, fp16 or fp32.")
+    ] = "auto",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    kernel_impl: Annotated[
+        str, typer.Option(help="The models' kernels: auto, torch, triton, reference.")
+    ] = "auto",
+    memory_limit: Annotated[
+        float | None,
+        typer.Option(help="GiB: refuse cases estimated above it (default: what the device has)."),
+    ] = None,
+    vocab: Annotated[int, typer.Option(help="Vocabulary size.")] = 32768,
+    out: OutOption = Path("results/bench"),
+    quick: Annotated[
+        bool,
+        typer.Option(
+            "--quick", help="Tiny sizes, contexts and step counts (a check of the command, e.g. on the CPU)."
+        ),
+    ] = False,
+    profile_contexts: Annotated[
+        str, typer.Option(help="Profile the batch-1 decode step at these contexts (CUDA), e.g. 32K,1M.")
+    ] = "",
+    report_only: Annotated[
+        bool, typer.Option("--report-only", help="Measure nothing: tables and figures of the store at --out.")
+    ] = False,
+    quality_store: Annotated[
+        Path | None,
+        typer.Option(
+            help="A results store whose accuracy to set against efficiency (quality-vs-efficiency figure)."
+        ),
+    ] = None,
+    quality_suite: Annotated[str | None, typer.Option(help="Only this suite of --quality-store.")] = None,
+    quality_metric: Annotated[str, typer.Option(help="The quality metric of --quality-store.")] = "accuracy",
+    baseline: Annotated[str, typer.Option(help="The model others are compared with per context.")] = "mla",
+    figures: Annotated[bool, typer.Option("--figures/--no-figures", help="Draw the figures.")] = True,
+    figure_formats: Annotated[str, typer.Option(help="Comma-separated formats: png, pdf, svg.")] = "png",
+) -> None:
+    """Prefill, decode (ms/token, tokens/s, cache bytes, the memory floor) and training throughput of every model
+    against context; rows into the store at OUT, the table and figures under OUT/report (docs/efficiency.md)."""
+    _load_plugins()
+    from harness.analysis.efficiency import quality_table, write_efficiency_report
+    from harness.results.store import ResultStore
+    from harness.run.bench_models import (
+        Bench,
+        BenchSettings,
+        check_models,
+        parse_length,
+        plan_cases,
+        resolve_models,
+    )
+    from harness.run.sizing import SizeMatch, parse_count
+    from models.presets import split_model_token
+
+    if quick:
+        # tiny stand-ins for the options left at their defaults; options given still apply
+        given = dict(
+            size=size, contexts=contexts, batched=batched, train_contexts=train_contexts, train_tokens=train_tokens,
+            decode_steps=decode_steps, train_steps=train_steps, prefill_chunk=prefill_chunk, vocab=vocab,
+        )  # fmt: skip
+        defaults = {name: p.default for name, p in inspect.signature(bench_models).parameters.items()}
+        chosen = {name: QUICK[name] if value == defaults[name] else value for name, value in given.items()}
+        size, contexts, batched, train_contexts = (
+            chosen[k] for k in ("size", "contexts", "batched", "train_contexts")
+        )
+        train_tokens, decode_steps, train_steps = (
+            chosen[k] for k in ("train_tokens", "decode_steps", "train_steps")
+        )
+        prefill_chunk, vocab = chosen["prefill_chunk"], chosen["vocab"]
+    formats = tuple(_split(figure_formats))
+    if bad := [f for f in formats if f not in ("png", "pdf", "svg")]:
+        raise HarnessError(f"--figure-formats: unknown format '{bad[0]}'; choose from png, pdf, svg")
+    quality = None
+    if quality_store is not None:
+        if not (quality_store / "cells").is_dir():
+            raise HarnessError(f"--quality-store: no results store at {quality_store}/")
+        quality = quality_table(ResultStore(quality_store), quality_suite, quality_metric)
+        if quality.empty:
+            raise HarnessError(f"--quality-store {quality_store}: no '{quality_metric}' rows to join")
+    store = ResultStore(out)
+    if not report_only:
+        settings = BenchSettings(
+            decode_steps=decode_steps,
+            train_steps=train_steps,
+            prefill_chunk=parse_length(prefill_chunk),
+            row_budget_s=row_budget,
+            graphs=graphs,
+            dtype=dtype,
+            device=device,
+            kernel_impl=kernel_impl,
+            memory_limit_gib=memory_limit,
+            vocab_size=vocab,
+        )
+        match = SizeMatch(params=parse_count(params), tolerance=tolerance, count=count) if params else None
+        resolved = resolve_models(_split(models), size, settings, match)
+        check_models(resolved)
+        cases = plan_cases(contexts, batched, train_contexts, parse_length(train_tokens))
+        profiled = tuple(parse_length(c) for c in _split(profile_contexts))
+        bench = Bench(
+            settings, store, on_line=typer.echo, time_budget_s=time_budget, profile_contexts=profiled
+        )
+        bench.run(resolved, cases)
+    elif not (out / "cells").is_dir():
+        raise HarnessError(f"--report-only: no results store at {out}/")
+    typer.echo("")
+    typer.echo(
+        write_efficiency_report(
+            store,
+            out / "report",
+            quality,
+            quality_metric,
+            figures,
+            formats or ("png",),
+            baseline=baseline,
+            order=[split_model_token(token, size)[0] for token in _split(models)],
+        )
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -7,7 +7,8 @@ config has `block_mlp = False` gets a block without the MLP (Mamba2 as in its pa
 
 Decoding: `LanguageModel.forward(ids, cache=ModelCache(...), attention_mask=...)` runs a prompt and then one token
 at a time, each mixer keeping what it needs in its layer's dict of the cache. Without a cache and a mask the
-forward is the training path, unchanged.
+forward is the training path, unchanged. A static cache (`models/decoding.py: StaticCache`) preallocates every
+tensor for a maximum length, so that the one-token step can be captured as a CUDA graph and replayed.
 
 Packed documents: `LanguageModel.forward(ids, segment_ids=...)` keeps documents packed into one row apart (a token
 mixes only with earlier tokens of its own document). Mixers that say `supports_segments` do it themselves
@@ -68,6 +69,36 @@ class Mixer(nn.Module):
         """The compute path this mixer's forward takes on `device`, recorded in results (e.g. 'gdr:torch')."""
         raise NotImplementedError
 
+    # A static cache (models/decoding.py): optional; a mixer without `allocate_cache` decodes with the dynamic one.
+    growing_cache_keys: ClassVar[tuple[str, ...]] = ()
+    """Keys of this mixer's cache tensors that grow with the sequence (token axis 1), e.g. MLA's latents."""
+
+    def allocate_cache(
+        self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, Tensor]:
+        """Every tensor this mixer's decoding state will hold, preallocated (zeros) for `batch` sequences of up to
+        `max_len` tokens. With a static cache the mixer must update them in place (`put_state`), and its
+        one-token step must read the position from `state.position` (a tensor), not from Python numbers, so that
+        the step can be captured in a CUDA graph."""
+        raise NotImplementedError(
+            f"{type(self).__name__} has no static cache (Mixer.allocate_cache); decode it with model.new_cache()"
+        )
+
+    def fill_cache(self, state: dict[str, Tensor], start: int, end: int) -> None:
+        """Fill positions [start, end) of a static cache with made-up values instead of computing them (for
+        benchmarks: a decode step costs the same whatever the cache holds). A state of fixed size needs nothing."""
+
+
+def put_state(state: dict[str, Tensor], key: str, value: Tensor) -> None:
+    """state[key] = value; in a static cache, a copy into the preallocated tensor (whose address a captured CUDA
+    graph reads and writes)."""
+    if getattr(state, "static", False):
+        if key not in state:
+            raise KeyError(f"static cache has no '{key}': the mixer's allocate_cache must preallocate it")
+        state[key].copy_(value)
+    else:
+        state[key] = value
+
 
 def normal_init_linears(module: nn.Module, std: float) -> None:
     for layer in module.modules():
@@ -113,7 +144,7 @@ class ModelConfig:
     init_std: float = 0.02
     """Standard deviation of the normal initialisation of linear and embedding weights."""
     kernel_impl: Literal["auto", "torch", "triton", "reference"] = "auto"
-    """Gated-delta-rule implementation: auto, torch, triton or reference."""
+    """Kernels of the gated delta rule and of MLA's decode attention: auto, torch, triton or reference."""
 
     def __post_init__(self):
         if not self.layers:
@@ -173,20 +204,68 @@ class Block(nn.Module):
         return x
 
 
+class LayerState(dict):
+    """One layer's part of a decoding cache: name -> tensor, filled by that layer's mixer, plus what the mixer may
+    ask of the cache: `past` (tokens seen before this call), and for a static cache `static`, `position` (the
+    same count as a (1,) tensor on the device: what a captured graph step reads) and `pad` ((B,) leading pads of
+    every row, set from the prompt's attention mask)."""
+
+    def __init__(self, cache: ModelCache):
+        super().__init__()
+        self._cache = cache
+
+    @property
+    def past(self) -> int:
+        return self._cache.seen_tokens
+
+    @property
+    def static(self) -> bool:
+        return self._cache.static
+
+    @property
+    def position(self) -> Tensor | None:
+        return self._cache.position
+
+    @property
+    def pad(self) -> Tensor | None:
+        return self._cache.pad
+
+
 class ModelCache:
     """What a model keeps between calls when decoding: one dict of tensors per layer, filled by that layer's mixer
-    (recurrent and convolution states, or MLA's latent cache), and the number of tokens seen (pads included)."""
+    (recurrent and convolution states, or MLA's latent cache), and the number of tokens seen (pads included).
+    Tensors are replaced as they grow; `models/decoding.py: StaticCache` preallocates them instead."""
 
     # read by transformers' generate(): this cache cannot be compiled or cropped
     is_compileable = False
     is_croppable = False
+    static = False
+    position: Tensor | None = None
+    pad: Tensor | None = None
 
     def __init__(self, num_layers: int):
-        self.layers: list[dict[str, Tensor]] = [{} for _ in range(num_layers)]
+        self.layers: list[LayerState] = [LayerState(self) for _ in range(num_layers)]
         self.seen_tokens = 0
+
+    def begin(self, input_ids: Tensor, attention_mask: Tensor | None) -> None:
+        """Called by the model before a forward continues from this cache (a static cache checks the fit)."""
+
+    def advance(self, tokens: int) -> None:
+        """Called by the model after a forward of `tokens` new tokens."""
+        self.seen_tokens += tokens
+
+    def replay(self, input_ids: Tensor, attention_mask: Tensor | None) -> Tensor | None:
+        """The logits of a step run by a captured graph, or None: the model runs the step itself."""
+        return None
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.seen_tokens
+
+    @property
+    def is_linear(self) -> list[bool]:
+        # read by transformers' generate() for a cache it is given: every layer counts the tokens seen, so the
+        # prompt is cut to what the cache has not seen yet
+        return [False] * len(self.layers)
 
     def reorder_cache(self, beam_idx: Tensor) -> None:
         """Keep the rows of beam_idx (beam search)."""
@@ -229,6 +308,8 @@ class LanguageModel(nn.Module):
     ) -> Tensor:  # (B, T) -> (B, T, vocab)
         """Logits. With a cache, continue from it (and update it); attention_mask (B, past + T): 1 real, 0 pad.
         segment_ids (B, T): documents packed into a row, kept apart (see the module docstring)."""
+        if cache is not None and (logits := cache.replay(input_ids, attention_mask)) is not None:
+            return logits  # a static cache's captured one-token step
         return self.lm_head(self.hidden_states(input_ids, cache, attention_mask, segment_ids))
 
     def hidden_states(
@@ -248,6 +329,8 @@ class LanguageModel(nn.Module):
             if not all(block.mixer.supports_segments for block in self.blocks):
                 return per_document(self, input_ids, segment_ids)
         documents = None if segment_ids is None else PackedDocuments(segment_ids)
+        if cache is not None:
+            cache.begin(input_ids, attention_mask)
         x = self.embed(input_ids)
         for i, block in enumerate(self.blocks):
             if documents is not None:
@@ -255,7 +338,7 @@ class LanguageModel(nn.Module):
                 continue
             x = block(x, None if cache is None else cache.layers[i], attention_mask)
         if cache is not None:
-            cache.seen_tokens += input_ids.shape[1]
+            cache.advance(input_ids.shape[1])
         return self.norm(x)
 
     def new_cache(self) -> ModelCache:

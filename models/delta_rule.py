@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from kernels.gated_delta_rule import activate_gate, gated_delta_rule, resolve_impl
 
-from .backbone import Mixer
+from .backbone import Mixer, put_state
 from .layers import PackedDocuments, ShortConvolution
 
 
@@ -75,7 +75,8 @@ def short_conv(
     """conv(x); with a decoding state, continued from state[key], which is updated."""
     if state is None:
         return conv(x, documents)
-    y, state[key] = conv.forward_with_state(x, state.get(key))
+    y, window = conv.forward_with_state(x, state.get(key))
+    put_state(state, key, window)
     return y
 
 
@@ -143,7 +144,7 @@ class DeltaRuleMixer(Mixer):
             dt_bias=self.dt_bias,
         )
         if state is not None:
-            state["recurrent"] = final_state
+            put_state(state, "recurrent", final_state)
         o = self.o_norm(o) * self.output_gate(x).view(B, T, H, K)
         return self.o_proj(o.reshape(B, T, H * K))
 
@@ -158,6 +159,17 @@ class DeltaRuleMixer(Mixer):
 
     def kernel_name(self, device: torch.device | str) -> str:
         return f"gdr:{resolve_impl(self.kernel_impl, device)}"
+
+    def allocate_cache(
+        self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, Tensor]:
+        H, K = self.config.num_heads, self.config.head_dim
+        window = (batch, self.config.conv_size - 1, H * K)
+        state = {
+            key: torch.zeros(window, dtype=dtype, device=device) for key in ("q_conv", "k_conv", "v_conv")
+        }
+        state["recurrent"] = torch.zeros(batch, H, K, K, dtype=torch.float32, device=device)
+        return state
 
 
 def gated_delta_rule_packed(

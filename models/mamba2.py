@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from harness.registry import MIXERS
 from kernels.gated_delta_rule import resolve_impl
 
-from .backbone import Mixer, require_range, require_sizes
+from .backbone import Mixer, put_state, require_range, require_sizes
 from .delta_rule import gated_delta_rule_packed
 from .layers import PackedDocuments, ShortConvolution, init_gate_parameters
 
@@ -135,7 +135,8 @@ class Mamba2(Mixer):
         if state is None:
             xBC = self.conv(xBC, documents)
         else:
-            xBC, state["conv"] = self.conv.forward_with_state(xBC, state.get("conv"))
+            xBC, window = self.conv.forward_with_state(xBC, state.get("conv"))
+            put_state(state, "conv", window)
         xs, Bs, Cs = xBC.split([self.d_inner, G * N, G * N], dim=-1)
         xs = xs.view(B, T, H, P)
         # every head of a group reads the same B and C
@@ -161,7 +162,7 @@ class Mamba2(Mixer):
             chunk_size=self.config.chunk_size,
         )
         if state is not None:
-            state["recurrent"] = final_state
+            put_state(state, "recurrent", final_state)
         y = y + self.D.to(y.dtype)[:, None] * xs  # (B, T, H, P)
         return self.out_proj(self.norm(y.reshape(B, T, self.d_inner), z))
 
@@ -175,3 +176,14 @@ class Mamba2(Mixer):
 
     def kernel_name(self, device: torch.device | str) -> str:
         return f"gdr:{resolve_impl(self.kernel_impl, device)}"
+
+    def allocate_cache(
+        self, batch: int, max_len: int, dtype: torch.dtype, device: torch.device
+    ) -> dict[str, Tensor]:
+        H, P, N = self.num_heads, self.config.head_dim, self.config.d_state
+        return {
+            "conv": torch.zeros(
+                batch, self.config.conv_size - 1, self.conv.channels, dtype=dtype, device=device
+            ),
+            "recurrent": torch.zeros(batch, H, N, P, dtype=torch.float32, device=device),
+        }

@@ -54,6 +54,12 @@ for _width in (64, 128, 256, 512):
             description=f"Zoology MQAR width {_width}, 2 layers",
         ),
     )
+# The efficiency benchmark's width (`harness bench models`, docs/efficiency.md): the setup of the decode
+# measurements in issue #19, d_model 1024, 8 layers, 8 heads of 128; 164-187M parameters with a 32K vocabulary.
+SIZES.add(
+    "bench-167m",
+    Size(d_model=1024, n_layers=8, num_heads=8, head_dim=128, description="~167M params, vocab 32K; bench"),
+)
 SIZES.add(
     "lm-small",
     Size(

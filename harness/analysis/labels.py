@@ -32,6 +32,23 @@ def human(n: float) -> str:
     return str(int(n))
 
 
+def length_text(tokens: float) -> str:
+    """4096 -> '4K', 1048576 -> '1M', 300 -> '300'."""
+    tokens = int(tokens)
+    for unit, size in (("M", 1024**2), ("K", 1024)):
+        if tokens >= size and tokens % size == 0:
+            return f"{tokens // size}{unit}"
+    return str(tokens)
+
+
+def bytes_text(n: float) -> str:
+    """1.2e9 -> '1.2 GB' (decimal units, as bandwidths are quoted)."""
+    for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n >= size:
+            return f"{n / size:.3g} {unit}"
+    return f"{n:.0f} B"
+
+
 def base_label(model: object, preset: object) -> str:
     """'kda' at size 'kimi-synth' -> 'kda@kimi-synth'; just the model where there is no size (lm-eval rows of
     other models)."""

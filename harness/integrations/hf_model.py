@@ -3,7 +3,9 @@
 It wraps the plain `models.backbone.LanguageModel` that the trainer uses (state-dict keys get the prefix `model.`),
 so training keeps its own fast path. `generate()` uses the model's own decoding cache (`ModelCache`: recurrent and
 convolution states, MLA's latent cache), made at the first forward and handed back through the output's `cache`.
-Left-padded batches are supported (pads masked in every mixer); right padding is not.
+On CUDA it is the fast path instead (`models/decoding.py`): a `StaticCache` of the final length, the one-token
+step replayed as a CUDA graph; `generate(static_cache=...)` chooses explicitly (True on the CPU runs the same
+static buffers eagerly). Left-padded batches are supported (pads masked in every mixer); right padding is not.
 
 Importing this module registers the class with AutoModelForCausalLM for model_type `harness_lm`. A saved model
 also loads without that import, with `trust_remote_code=True`: `save_pretrained` writes the two modules that
@@ -23,6 +25,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from harness.integrations.hf_config import HarnessLMConfig, config_from_model
 from harness.integrations.remote_code import AUTO_MAP, write_remote_code
 from models.backbone import LanguageModel, ModelCache
+from models.decoding import StaticCache, static_cache_unsupported
 
 
 class HarnessForCausalLM(PreTrainedModel, GenerationMixin):
@@ -35,6 +38,7 @@ class HarnessForCausalLM(PreTrainedModel, GenerationMixin):
     def __init__(self, config: HarnessLMConfig):
         super().__init__(config)
         self.model = LanguageModel(config.model_config())
+        self._static_cache: bool | None = None  # what the generate() call in progress asked for
         self.post_init()
 
     def _init_weights(self, module) -> None:
@@ -72,6 +76,33 @@ class HarnessForCausalLM(PreTrainedModel, GenerationMixin):
         self.config.auto_map = dict(AUTO_MAP)
         super().save_pretrained(save_directory, *args, **kwargs)
         write_remote_code(save_directory)
+
+    def generate(self, *args, static_cache: bool | None = None, **kwargs):
+        """transformers' generate(). static_cache: decode with a StaticCache of the final length, the one-token
+        step a CUDA graph on CUDA (the fast path); None: on CUDA when every mixer has a static cache. Only for one
+        sequence per prompt (no beams); otherwise, and with use_cache=False, as without it."""
+        self._static_cache = static_cache
+        try:
+            return super().generate(*args, **kwargs)
+        finally:
+            self._static_cache = None
+
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
+    ):
+        # transformers' hook that makes the cache of a generate() call: the place where the batch and the final
+        # length are known
+        wanted = self._static_cache
+        if wanted is None:
+            wanted = self.device.type == "cuda" and not static_cache_unsupported(self.model)
+        one_sequence = generation_config.num_beams == 1 and generation_config.num_return_sequences == 1
+        if wanted and one_sequence and generation_config.use_cache and model_kwargs.get("cache") is None:
+            cache = StaticCache(self.model, batch_size, max_cache_length)
+            model_kwargs["cache"] = cache.capture(self.model)
+            return
+        return super()._prepare_cache_for_generation(
+            generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
+        )
 
     def get_input_embeddings(self):
         return self.model.embed

@@ -68,7 +68,17 @@ METRICS: dict[str, MetricSpec] = {
         # rows of their own (Task.extra_rows)
         MetricSpec(name="loss_by_position", higher_is_better=False),
         MetricSpec(name="tokens_per_s", higher_is_better=True, shown=True),
-        MetricSpec(name="peak_memory_gib", higher_is_better=False, shown=True),
+        MetricSpec(name="peak_memory_gib", higher_is_better=False, shown=True),  # also the bench's, per case
+        # `harness bench models` (harness/run/bench_models.py; docs/efficiency.md): one row per case, counted in
+        # what was timed (tokens of a prompt, decode steps, training steps)
+        MetricSpec(name="prefill_ms", higher_is_better=False, log_scale=True),
+        MetricSpec(name="prefill_tokens_per_s", higher_is_better=True, log_scale=True),
+        MetricSpec(name="decode_ms_per_token", higher_is_better=False, log_scale=True),
+        MetricSpec(name="decode_tokens_per_s", higher_is_better=True, log_scale=True),
+        MetricSpec(name="decode_floor_ms", higher_is_better=False, log_scale=True),
+        MetricSpec(name="floor_fraction", higher_is_better=True),
+        MetricSpec(name="cache_bytes", higher_is_better=False, log_scale=True),
+        MetricSpec(name="train_tokens_per_s", higher_is_better=True, log_scale=True),
         # lm-eval's, as its tasks report them
         MetricSpec(name="acc", higher_is_better=True, bounded=True, shown=True, source="lm-eval"),
         MetricSpec(name="bits_per_byte", higher_is_better=False, shown=True, source="lm-eval"),

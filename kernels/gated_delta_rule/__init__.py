@@ -18,18 +18,16 @@ can record it. Nothing switches silently: "triton" on CPU tensors runs only unde
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import os
 
 import torch
 from torch import Tensor
 
+from ..impl import IMPLS, resolve_impl
 from .chunk_torch import chunk_gated_delta_rule_torch
 from .input_options import activate_gate, apply_input_options
 from .ref import gated_delta_rule_ref
 
-IMPLS = ("auto", "torch", "triton", "reference")
 GATES = ("scalar", "channel")
 # With impl="triton", calls of at most this many tokens that need no gradient (decoding against a cached
 # state) take the recurrent kernel: one launch, every input read once.
@@ -45,28 +43,6 @@ __all__ = [
     "IMPLS",
     "DECODE_MAX_TOKENS",
 ]
-
-
-def _triton_available() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
-def resolve_impl(impl: str, device: torch.device | str) -> str:
-    """The implementation that `impl` stands for on `device` ("auto" resolved)."""
-    if impl not in IMPLS:
-        raise ValueError(f"unknown kernel impl '{impl}'; expected one of {', '.join(IMPLS)}")
-    on_cuda = torch.device(device).type == "cuda"
-    if impl == "auto":
-        return "triton" if on_cuda and _triton_available() else "torch"
-    if impl == "triton":
-        if not _triton_available():
-            raise ValueError("impl='triton' needs the triton package; install it or use impl='torch'")
-        if not on_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(
-                f"impl='triton' needs CUDA tensors (got {device}); use impl='torch' or 'auto', "
-                "or set TRITON_INTERPRET=1 to run the kernels in Triton's (slow) interpreter"
-            )
-    return impl
 
 
 def gated_delta_rule(

@@ -61,6 +61,27 @@ def test_cached_generation_equals_recomputing_every_step_on_a_left_padded_batch(
     assert not torch.isin(cached[:, 7:], torch.tensor([EOS, PAD])).any()
 
 
+@pytest.mark.parametrize("arch", ["kda", "mamba2", "mla", "kimi"])
+def test_the_static_cache_generates_what_recomputing_gives(arch):
+    """generate(static_cache=True): the fast path's preallocated buffers (eager here; a CUDA graph on a GPU)."""
+    model = hf_model(arch)
+    prompts = torch.randint(VOCAB, (3, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(prompts)
+    prompts[1, :2], mask[1, :2] = PAD, 0
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    caches = []
+    model.model.register_forward_pre_hook(
+        lambda module, args, kw: caches.append(type(kw.get("cache")).__name__), with_kwargs=True
+    )
+    fast = model.generate(prompts, static_cache=True, **kwargs)
+    assert set(caches) == {"StaticCache"}
+    assert torch.equal(fast, model.generate(prompts, use_cache=False, **kwargs))
+    # on the CPU generate() keeps the dynamic cache unless asked
+    caches.clear()
+    assert torch.equal(fast, model.generate(prompts, **kwargs))
+    assert set(caches) == {"ModelCache"}
+
+
 def test_checkpoint_loads_with_the_auto_classes(tmp_path):
     model = hf_model("kimi")
     words = [f"w{i}" for i in range(VOCAB)]
