@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Sequence
@@ -179,6 +180,8 @@ def train(
         unit="step",
         mininterval=1.0,
         dynamic_ncols=True,
+        # tqdm reads TQDM_DISABLE once, when it is imported; pool and Ray workers set it later
+        disable=os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true", "yes"),
     )
     last_save = time.perf_counter()
     if device.type == "cuda":

@@ -168,6 +168,7 @@ def test_a_plugin_module_named_with_plugin_runs_in_a_pool_worker(tmp_path):
     rows = pd.concat(pd.read_json(path, lines=True) for path in (out / "cells").glob("*.jsonl"))
     assert set(rows["status"]) == {"ok"}, rows["error"].dropna().tolist()
     assert set(rows["kernel_impl"]) == {"shift"}
+    assert "step/s" not in result.stderr  # workers print no progress bars, only the sweep's line per cell
     # without --plugin the name is unknown: one line, exit 2
     unknown = run(["-m", "harness.cli", "run", "--models", "shift", "--suite", "smoke"], env_with(), tmp_path)
     assert unknown.returncode == 2 and "unknown model 'shift'" in unknown.stderr
