@@ -27,6 +27,10 @@ from harness.integrations.remote_code import AUTO_MAP, write_remote_code
 from models.backbone import LanguageModel, ModelCache
 from models.decoding import StaticCache, static_cache_unsupported
 
+# transformers renamed the decoding cache of generate() and of the model outputs from `past_key_values` to `cache`
+# (5.24 has `cache`, 5.17 `past_key_values`); the model speaks whichever the installed version does
+CACHE_NAME = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
+
 
 class HarnessForCausalLM(PreTrainedModel, GenerationMixin):
     config_class = HarnessLMConfig
@@ -96,9 +100,9 @@ class HarnessForCausalLM(PreTrainedModel, GenerationMixin):
         if wanted is None:
             wanted = self.device.type == "cuda" and not static_cache_unsupported(self.model)
         one_sequence = generation_config.num_beams == 1 and generation_config.num_return_sequences == 1
-        if wanted and one_sequence and generation_config.use_cache and model_kwargs.get("cache") is None:
+        if wanted and one_sequence and generation_config.use_cache and model_kwargs.get(CACHE_NAME) is None:
             cache = StaticCache(self.model, batch_size, max_cache_length)
-            model_kwargs["cache"] = cache.capture(self.model)
+            model_kwargs[CACHE_NAME] = cache.capture(self.model)
             return
         return super()._prepare_cache_for_generation(
             generation_config, model_kwargs, generation_mode, batch_size, max_cache_length, *args, **kwargs
@@ -118,6 +122,7 @@ class HarnessForCausalLM(PreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         labels: Tensor | None = None,
         return_dict: bool | None = None,
+        past_key_values: ModelCache | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """Logits of input_ids (B, T). attention_mask (B, past + T): 1 for tokens, 0 for left padding. With
@@ -125,6 +130,7 @@ class HarnessForCausalLM(PreTrainedModel, GenerationMixin):
         tokens). labels: the usual shifted next-token loss, -100 ignored."""
         # a plain call (lm-eval's scoring) runs the training path; generate() asks for the cache
         use_cache = bool(use_cache)
+        cache = cache if cache is not None else past_key_values  # the older name (see CACHE_NAME)
         if use_cache and cache is None:
             cache = self.model.new_cache()
         if attention_mask is not None and bool(attention_mask.all()):
@@ -138,7 +144,7 @@ class HarnessForCausalLM(PreTrainedModel, GenerationMixin):
             loss = F.cross_entropy(
                 logits[:, :-1].float().flatten(0, 1), labels[:, 1:].flatten(), ignore_index=-100
             )
-        return CausalLMOutputWithPast(loss=loss, logits=logits, cache=cache if use_cache else None)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_NAME: cache if use_cache else None})
 
     def cache_bytes(self, seq_len: int, dtype: torch.dtype | None = None) -> int:
         """Bytes of the decoding cache per sequence after seq_len tokens (see LanguageModel.cache_bytes)."""
