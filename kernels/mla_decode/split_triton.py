@@ -89,23 +89,24 @@ def split_kernel(
 def combine_kernel(
     o_part, lse_part, o, NS, H: tl.constexpr, R: tl.constexpr, BN: tl.constexpr, BR: tl.constexpr
 ):  # fmt: skip
-    i_b, i_h = tl.program_id(0), tl.program_id(1)
+    # one program per (sequence, head, BR columns of the latent): at batch 1 a grid of (sequence, head) alone was
+    # 8 programs on a GPU of 132 multiprocessors, each walking the whole latent width (50 us per call on an H200)
+    i_b, i_h, i_r = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     o_n = tl.arange(0, BN)
     m_n = o_n < NS
     b_lse = tl.load(lse_part + (i_b * NS + o_n) * H + i_h, mask=m_n, other=float("-inf"))
     # at least one split saw a key (every sequence has one), so the max is finite
     b_w = tl.exp(b_lse - tl.max(b_lse, axis=0))
     b_w = b_w / tl.sum(b_w, axis=0)  # (BN,) the share of each split in the softmax
-    for r0 in range(0, R, BR):
-        o_r = r0 + tl.arange(0, BR)
-        m_r = o_r < R
-        b_o = tl.load(
-            o_part + ((i_b * NS + o_n[:, None]) * H + i_h) * R + o_r[None, :],
-            mask=m_n[:, None] & m_r[None, :],
-            other=0.0,
-        )
-        b_out = tl.sum(b_w[:, None] * b_o, axis=0)
-        tl.store(o + (i_b * H + i_h) * R + o_r, b_out.to(o.dtype.element_ty), mask=m_r)
+    o_r = i_r * BR + tl.arange(0, BR)
+    m_r = o_r < R
+    b_o = tl.load(
+        o_part + ((i_b * NS + o_n[:, None]) * H + i_h) * R + o_r[None, :],
+        mask=m_n[:, None] & m_r[None, :],
+        other=0.0,
+    )
+    b_out = tl.sum(b_w[:, None] * b_o, axis=0)
+    tl.store(o + (i_b * H + i_h) * R + o_r, b_out.to(o.dtype.element_ty), mask=m_r)
 
 
 MAX_SPLITS = 256  # the combine kernel holds one number per split in registers
@@ -163,7 +164,8 @@ def mla_decode_triton(
         H=H, R=R, P=P, BH=BH, BR=BR, BP=BP, BS=BLOCK_KEYS, HAS_ROPE=P > 0, num_warps=8 if BR >= 256 else 4,
     )  # fmt: skip
     o = torch.empty(B, H, R, dtype=latent.dtype, device=latent.device)
-    combine_kernel[(B, H)](
-        o_part, lse_part, o, NS, H=H, R=R, BN=max(16, triton.next_power_of_2(NS)), BR=min(32, BR)
+    BRC = min(32, BR)  # latent columns per combine program
+    combine_kernel[(B, H, triton.cdiv(R, BRC))](
+        o_part, lse_part, o, NS, H=H, R=R, BN=max(16, triton.next_power_of_2(NS)), BR=BRC
     )
     return o
