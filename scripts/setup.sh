@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Create .venv with a CPU PyTorch and the harness (editable, with the dev tools). Safe to run again.
+# Create .venv with a CPU PyTorch and the harness (editable). Safe to run again.
+#   bash scripts/setup.sh         what `harness run` needs (the README's first command)
+#   bash scripts/setup.sh dev     also lm-eval, Triton's interpreter, Ray and the test and lint tools (CI)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
@@ -8,5 +10,9 @@ python -m pip install -q --upgrade pip
 # torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine; on a GPU machine
 # install the CUDA build of your choice before running this.
 python -m pip install -q "torch==2.13.0" || python -m pip install -q torch
-# ray: the --launcher ray test runs on a local Ray instance (about 35 s to install, 80 MB)
-python -m pip install -q -e ".[dev,ray]"
+if [ "${1:-}" = dev ]; then
+  # ray: the --launcher ray test runs on a local Ray instance (about 35 s to install, 80 MB)
+  python -m pip install -q -e ".[dev,ray]"
+else
+  python -m pip install -q -e .
+fi

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), lint, run the whole test suite on the CPU, then the regression check of the smoke
+# Set up (scripts/setup.sh dev), lint, run the whole test suite on the CPU, then the regression check of the smoke
 # suite against the committed baseline (results/smoke-cpu; it trains every smoke model once, a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh dev
 . .venv/bin/activate
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 ruff check .

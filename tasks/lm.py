@@ -16,6 +16,8 @@ per-position losses show where).
 
 from __future__ import annotations
 
+import importlib.util
+
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -130,6 +132,11 @@ class LanguageModelling(Task):
             raise HarnessError(f"lm: {err}") from None
         if any(not name.strip() for name in config.lm_eval_tasks):
             raise HarnessError("lm: lm_eval_tasks holds an empty name")
+        if config.lm_eval_tasks and importlib.util.find_spec("lm_eval") is None:
+            raise HarnessError(
+                "lm: lm_eval_tasks are scored with lm-eval, which is not installed: pip install -e '.[lm]' "
+                "(or --set task.lm_eval_tasks=[] to train without it)"
+            )
 
     def data_size(self, config: LMConfig) -> DataSize:
         return DataSize(

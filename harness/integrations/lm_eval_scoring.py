@@ -15,6 +15,7 @@ any `--include-path`. One row per (task, metric, filter), in the store's schema:
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import os
@@ -45,6 +46,8 @@ def evaluate_checkpoint(
 ) -> tuple[str, list[dict[str, Any]]]:
     """Run lm-eval on `checkpoint` for `tasks`; append the rows to `store` (when given, and not there yet).
     Returns (run id, rows)."""
+    if importlib.util.find_spec("lm_eval") is None:
+        raise HarnessError("scoring with lm-eval needs the lm-eval package: pip install -e '.[lm]'")
     checkpoint = Path(checkpoint).resolve()
     check_checkpoint(checkpoint)
     provenance = _provenance(checkpoint)

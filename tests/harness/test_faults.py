@@ -219,6 +219,26 @@ def test_planning_refuses(case, tmp_path):
     assert not out.exists(), "nothing may be written"
 
 
+@pytest.mark.skipif(AGAINST is not None, reason="patches this process")
+def test_lm_eval_scores_without_lm_eval_installed_are_refused_before_training(tmp_path, monkeypatch):
+    """lm-eval is an extra (`.[lm]`): the lm suite's scores, or `harness eval`, without it are one line, exit 2."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "lm_eval" else find_spec(name, *a)
+    )
+    out = tmp_path / "runs"
+    result = harness("run", "--models", "mla", "--suite", "lm", "--out", out)
+    assert result.code == 2
+    result.one_line("lm-eval", "pip install -e '.[lm]'")
+    assert not out.exists(), "nothing may be written"
+    scored = harness("eval", "--checkpoint", tmp_path, "--tasks", "harness_lm", "--out", out)
+    assert scored.code == 2
+    scored.one_line("pip install -e '.[lm]'")
+    assert not out.exists()
+
+
 def test_force_plans_what_the_memory_estimate_refuses(tmp_path):
     out = tmp_path / "runs"
     result = harness(*CELL, "--set", "train.batch_size=100000000", "--force", "--dry-run", "--out", out)
