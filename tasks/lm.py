@@ -17,7 +17,6 @@ per-position losses show where).
 from __future__ import annotations
 
 import importlib.util
-
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
