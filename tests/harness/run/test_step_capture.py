@@ -127,3 +127,21 @@ def test_a_resumed_optimizer_keeps_its_own_implementation(tmp_path):
     assert load_checkpoint(tmp_path / "c.safetensors", model, optimizer, schedule, TrainResult()) == 1
     assert all(group["foreach"] is False for group in optimizer.param_groups)
     assert optimizer.state  # the moments came back
+
+
+def test_the_step_speed_script_runs_in_its_quick_mode(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[3]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1")
+    script = root / "scripts" / "gpu" / "step_speed.py"
+    command = [sys.executable, str(script), "--quick", "--packed", "0", "--out", str(tmp_path)]
+    subprocess.run(command, check=True, env=env, capture_output=True, timeout=120)
+    rows = json.loads((tmp_path / "step_speed.json").read_text())["rows"]
+    assert [row["mode"] for row in rows] == ["off", "off"]
+    assert all(row["tokens_per_s"] > 0 and row["step_path"] == "eager" for row in rows)
+    assert "| kda@tiny B8 T<=64 |" in (tmp_path / "step_speed.md").read_text()
