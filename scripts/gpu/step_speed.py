@@ -237,7 +237,9 @@ def main() -> None:
             got = results.get(index, [])
             errors = [r["error"] for r in got if "error" in r]
             if errors or len(got) < args.packed:
-                rows.append(base | dict(error=errors[0] if errors else "not run (budget, or a failure before)"))
+                rows.append(
+                    base | dict(error=errors[0] if errors else "not run (budget, or a failure before)")
+                )
             else:
                 rows.append(
                     base
