@@ -156,7 +156,7 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
         if logger is not None:  # the cell failed before it had final metrics
             logger.finish(None)
     status = "diverged" if outcome.diverged else "ok"
-    meta = {"history": outcome.history, "train_wall_s": outcome.wall_s}
+    meta = {"history": outcome.history, "train_wall_s": outcome.wall_s, "train_step": outcome.step_path}
     if options.save_dir is not None:
         meta["checkpoint"] = str(trained.save(options.save_dir))
     done = base.with_(steps=outcome.steps, tokens_seen=outcome.tokens_seen, status=status)

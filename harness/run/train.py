@@ -34,12 +34,16 @@ from harness.results.store import atomic_write, set_aside
 from harness.run.device import autocast_dtype, peak_memory_gib
 from harness.run.evaluate import evaluate
 from harness.run.loggers import EVALUATION_FIELDS, RunLogger
+from harness.run.step_capture import CapturedStep
 from tasks.base import IGNORE, Slice, TrainingStream
 
 SCHEDULES = ("cosine", "wsd")
+STEP_CAPTURES = ("auto", "off", "graph")
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")
 # History fields that measure the machine, not the training: they differ between two runs of the same cell.
 MACHINE_FIELDS = ("tokens_per_s", "peak_memory_gib")
+READ_EVERY = 64
+"""Steps whose losses a captured run keeps on the GPU before reading them back (and checking them)."""
 
 
 def training_curve(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,11 +84,19 @@ class TrainConfig:
     """'auto' (CUDA if available, else CPU), 'cpu', 'cuda' or 'cuda:N'."""
     dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
     """Autocast dtype on CUDA: 'bf16', 'fp16' or 'fp32'. CPU always trains in fp32."""
+    step_capture: Literal["auto", "off", "graph"] = field(default="auto", metadata=ADDED_LATER)
+    """How a training step runs on CUDA: 'graph' replays it from CUDA graphs, one per batch shape
+    (harness/run/step_capture.py: several times faster for small models, whose eager step is launch-bound),
+    'off' runs it eagerly, 'auto' is 'graph' on CUDA. The CPU always runs eagerly."""
 
     def __post_init__(self):
         # every setting that can be wrong is refused here, so that a sweep never stores rows of an impossible run
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got '{self.schedule}'")
+        if self.step_capture not in STEP_CAPTURES:
+            raise ValueError(
+                f"step_capture must be one of {', '.join(STEP_CAPTURES)}, got '{self.step_capture}'"
+            )
         if self.dtype not in ("bf16", "fp16", "fp32"):
             raise ValueError(f"dtype must be one of bf16, fp16, fp32, got '{self.dtype}'")
         if not DEVICE.fullmatch(self.device):
@@ -119,6 +131,8 @@ class TrainResult:
     loss_sum: float = 0.0
     loss_count: int = 0
     """Training loss summed over the steps since the last history point (kept here so that a checkpoint has it)."""
+    step_path: str = "eager"
+    """How the steps ran: 'eager', or the CUDA-graph paths with their step counts (CapturedStep.describe)."""
 
 
 @dataclass(frozen=True)
@@ -163,7 +177,8 @@ def train(
     result = TrainResult()
     start = time.perf_counter()
     model.to(device).train()
-    optimizer = make_optimizer(model, config)
+    graphs = uses_graphs(config, device)
+    optimizer = make_optimizer(model, config, capturable=graphs)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, config))
     first = 1
     if checkpointing is not None and checkpointing.path.exists():
@@ -173,6 +188,7 @@ def train(
     else:
         batches = batch_stream(train_slices, config.batch_size, seed, skip=first - 1)
     amp = autocast_dtype(config.dtype, device)
+    captured = CapturedStep(model, optimizer, config.grad_clip, amp, device) if graphs else None
     bar = tqdm(
         total=config.max_steps,
         initial=first - 1,
@@ -187,30 +203,25 @@ def train(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     window_start, window_tokens = time.perf_counter(), 0
+    # steps taken whose losses are still on the device: (step, loss, tokens); the eager step reads each at once
+    pending: list[tuple[int, torch.Tensor, int]] = []
     for step in range(first, config.max_steps + 1):
-        inputs, labels, segments = (
-            None if t is None else torch.as_tensor(t).to(device, non_blocking=True) for t in next(batches)
-        )
-        loss = training_loss(model, inputs, labels, segments, amp)
-        if not torch.isfinite(loss):
+        inputs, labels, segments = next(batches)
+        if captured is None:
+            loss = eager_step(model, optimizer, config, inputs, labels, segments, amp, device)
+        else:
+            loss = captured(inputs, labels, segments)
+        schedule.step()
+        pending.append((step, loss, inputs.numel()))
+        window_tokens += inputs.numel()
+        evaluating = step % config.eval_every == 0 or step == config.max_steps
+        saving = checkpointing is not None and checkpointing.due(step, time.perf_counter() - last_save)
+        read = captured is None or evaluating or saving or len(pending) >= READ_EVERY
+        if read and not settle(pending, result, logger, bar):
             result.diverged = True
             bar.set_postfix_str("diverged: non-finite loss")
             break
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if config.grad_clip > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        schedule.step()
-        result.steps = step
-        result.tokens_seen += inputs.numel()
-        window_tokens += inputs.numel()
-        step_loss = loss.item()
-        result.loss_sum, result.loss_count = result.loss_sum + step_loss, result.loss_count + 1
-        if logger is not None:
-            logger.log(step, {"train_loss_step": step_loss})
-        bar.update(1)
-        if step % config.eval_every == 0 or step == config.max_steps:
+        if evaluating:
             tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
             metrics = evaluate(model, valid_slices, config, device)
             point = dict(
@@ -233,13 +244,63 @@ def train(
             window_start, window_tokens = time.perf_counter(), 0
             if config.target_accuracy is not None and accuracy >= config.target_accuracy:
                 break
-        if checkpointing is not None and checkpointing.due(step, time.perf_counter() - last_save):
+        if saving:
             result.wall_s += time.perf_counter() - start
             start = last_save = time.perf_counter()
             save_checkpoint(checkpointing.path, model, optimizer, schedule, result)
     bar.close()
+    result.step_path = "eager" if captured is None else captured.describe()
     result.wall_s += time.perf_counter() - start
     return result
+
+
+def uses_graphs(config: TrainConfig, device: torch.device) -> bool:
+    """Whether `train` replays its steps from CUDA graphs: step_capture 'auto' or 'graph' on CUDA. 'graph' on
+    a CPU says so and trains eagerly."""
+    if config.step_capture == "off":
+        return False
+    if device.type != "cuda":
+        if config.step_capture == "graph":
+            warn(f"step_capture='graph' needs CUDA; training on {device} runs the eager step")
+        return False
+    return True
+
+
+def eager_step(
+    model: nn.Module, optimizer, config: TrainConfig, inputs, labels, segments, amp, device: torch.device
+) -> torch.Tensor:
+    """One training step, launched op by op; returns the loss. A non-finite loss makes no update (and ends
+    training when `settle` reads it)."""
+    inputs, labels, segments = (
+        None if t is None else torch.as_tensor(t).to(device, non_blocking=True)
+        for t in (inputs, labels, segments)
+    )
+    loss = training_loss(model, inputs, labels, segments, amp)
+    if torch.isfinite(loss):
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+    return loss.detach()
+
+
+def settle(pending: list, result: TrainResult, logger: RunLogger | None, bar) -> bool:
+    """Read back the losses of the `pending` steps (one wait for the GPU) and count those steps as done, in order;
+    False at the first non-finite loss: that step made no update, nor did any after it (see step_capture.py)."""
+    losses = torch.stack([loss for _, loss, _ in pending]).tolist()
+    steps = [(step, tokens) for step, _, tokens in pending]
+    pending.clear()
+    for (step, tokens), value in zip(steps, losses, strict=True):
+        if not math.isfinite(value):
+            return False
+        result.steps = step
+        result.tokens_seen += tokens
+        result.loss_sum, result.loss_count = result.loss_sum + value, result.loss_count + 1
+        if logger is not None:
+            logger.log(step, {"train_loss_step": value})
+        bar.update(1)
+    return True
 
 
 def training_loss(model: nn.Module, inputs, labels, segments, amp: torch.dtype | None) -> torch.Tensor:
@@ -254,6 +315,8 @@ def training_loss(model: nn.Module, inputs, labels, segments, amp: torch.dtype |
 
 
 CHECKPOINT_FORMAT = "harness-train-checkpoint/1"
+# AdamW settings that choose how it computes, not what: a resumed run keeps its own
+OPTIMIZER_IMPLEMENTATION = ("foreach", "fused", "capturable", "differentiable")
 
 
 class CheckpointError(Exception):
@@ -347,8 +410,13 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer, schedule, result: T
 
     # everything checked: apply
     model.load_state_dict(model_state)
-    # JSON has no tuples: AdamW's betas come back as a list
-    groups = [{k: tuple(v) if k == "betas" else v for k, v in group.items()} for group in groups]
+    # JSON has no tuples: AdamW's betas come back as a list. The implementation stays this run's: a checkpoint of
+    # the eager step resumes on the captured one, and the other way round
+    groups = [
+        {k: tuple(v) if k == "betas" else v for k, v in group.items()}
+        | {k: current[k] for k in OPTIMIZER_IMPLEMENTATION if k in current}
+        for group, current in zip(groups, optimizer.param_groups, strict=True)
+    ]
     optimizer.load_state_dict(dict(state=state, param_groups=groups))
     schedule.load_state_dict(header["schedule"])
     for key, value in header["result"].items():
@@ -378,7 +446,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return tensors, header
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+def make_optimizer(model: nn.Module, config: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW over the model's parameters in two groups (decayed, not decayed). `capturable`: the fused CUDA
+    implementation, which a CUDA graph can record (CapturedStep); otherwise PyTorch's default for the device."""
     decay, no_decay = [], []
     for param in model.parameters():
         # Matrices decay; vectors (norm weights, biases), embeddings and flagged gate parameters do not.
@@ -388,6 +458,8 @@ def make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     no_decay += [p for p in decay if id(p) in embeddings]
     decay = [p for p in decay if id(p) not in embeddings]
     groups = [dict(params=decay, weight_decay=config.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    if capturable:
+        return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True, capturable=True)
     return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas)
 
 

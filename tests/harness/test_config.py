@@ -78,18 +78,20 @@ def test_hash_depends_on_content_only():
 
 
 def test_fields_added_later_keep_old_hashes_while_at_their_default():
-    """Cells planned before TrainConfig had `schedule` and `decay_fraction` keep their ids (stores resume)."""
+    """Cells planned before TrainConfig had `schedule`, `decay_fraction` and `step_capture` keep their ids (stores
+    resume)."""
     import dataclasses
 
     from harness.config import config_hash
     from harness.run.train import TrainConfig
 
-    added = ("schedule", "decay_fraction")
+    added = ("schedule", "decay_fraction", "step_capture")
     old_fields = {
         f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig) if f.name not in added
     }
     assert config_hash(TrainConfig()) == config_hash(old_fields)
     assert config_hash(TrainConfig(schedule="wsd")) != config_hash(TrainConfig())
+    assert config_hash(TrainConfig(step_capture="off")) != config_hash(TrainConfig())
 
 
 def test_a_cell_rebuilt_from_its_stored_config_is_the_same_cell():
