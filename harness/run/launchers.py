@@ -7,6 +7,11 @@ result; a launcher only runs cells and hands back (rows, meta).
     ray         tasks on a Ray cluster (`address`: an existing cluster such as 'auto' or 'ray://head:10001';
                 None starts a local Ray instance). Every node needs this harness installed at the same commit.
 
+Cells packed on one GPU share its memory. A pool worker hands its cached GPU memory back after every cell (the next
+cell on that worker must not find it taken), and a cell that runs out of GPU memory while other cells share its GPU
+is not a result either: the pool runs it again, first in line, and from then on packs fewer cells on that GPU (one
+fewer than were running), down to one; only a cell that runs out of memory alone is stored as `oom`.
+
 A worker that dies while running a cell (killed, out of host memory, a crash in native code) is a failure of the
 machine, not a result: the cell is not stored (`environment_failure`), the sweep goes on with a fresh worker, and
 the next sweep runs the cell again. If the sweep process itself is killed, the
@@ -15,18 +20,20 @@ pool's workers notice and exit, and Ray ends the tasks of a driver that is gone:
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import queue
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
 
-from harness.errors import HarnessError
+from harness.errors import HarnessError, warn
 from harness.plugins import load_plugins, loaded_modules
 from harness.registry import LAUNCHERS
 from harness.run.cell import Cell, CellOptions, environment_failure, run_cell
@@ -104,20 +111,25 @@ class Pool:
             devices = [gpus[i % len(gpus)] for i in range(workers)] if gpus else [None] * workers
         elif not gpus:
             devices = [None] * cells_per_gpu
-        self.slots = len(devices)
         # CPU threads per worker: the cores shared out, unless OMP_NUM_THREADS says otherwise
         threads = os.environ.get("OMP_NUM_THREADS", "")
-        self._threads = int(threads) if threads.isdigit() else max(1, (os.cpu_count() or 1) // self.slots)
+        self._threads = int(threads) if threads.isdigit() else max(1, (os.cpu_count() or 1) // len(devices))
         self._context = multiprocessing.get_context("spawn")
         self._results = self._context.Queue()
         self._workers = [_Worker(index, device) for index, device in enumerate(devices)]
+        self._limit = {device: devices.count(device) for device in devices if device is not None}
+        """Cells at once on each GPU: its workers, lowered when a cell runs out of memory beside others."""
+        self._queue: deque[tuple[Cell, CellOptions]] = deque()
+        """Cells handed to the pool and not on a worker yet (one run again after running out of memory first)."""
+
+    @property
+    def slots(self) -> int:
+        cpu_workers = sum(1 for w in self._workers if w.device is None)
+        return cpu_workers + sum(self._limit.values())
 
     def submit(self, cell: Cell, options: CellOptions) -> None:
-        worker = next(w for w in self._workers if w.cell is None)
-        if worker.process is None or not worker.process.is_alive():
-            self._start(worker)
-        worker.cell = cell
-        worker.inbox.put((cell, options))
+        self._queue.append((cell, options))
+        self._dispatch()
 
     def wait(self, timeout: float) -> list[Finished]:
         finished = []
@@ -129,8 +141,10 @@ class Pool:
                 pass
             else:
                 worker = self._workers[index]
-                finished.append((worker.cell, rows, meta))
-                worker.cell = None
+                if not self._ran_out_beside_others(worker, rows):
+                    finished.append((worker.cell, rows, meta))
+                worker.cell = worker.options = None
+                self._dispatch()
                 continue
             for worker in self._workers:
                 if worker.cell is not None and not worker.process.is_alive():
@@ -147,10 +161,12 @@ class Pool:
                     message = f"worker process died while running the cell ({cause})"
                     finished.append((worker.cell, *environment_failure(message)))
                     worker.cell = None
+            self._dispatch()
             if finished or time.monotonic() >= deadline:
                 return finished
 
     def close(self) -> None:
+        self._queue.clear()
         for worker in self._workers:
             if worker.process is not None and worker.process.is_alive():
                 if worker.cell is None:
@@ -159,6 +175,44 @@ class Pool:
                 if worker.process.is_alive():
                     worker.process.terminate()
                     worker.process.join(timeout=5)
+
+    def _dispatch(self) -> None:
+        """Put queued cells on idle workers, as far as each GPU's limit allows."""
+        while self._queue:
+            worker = next((w for w in self._workers if w.cell is None and self._room(w.device)), None)
+            if worker is None:
+                return
+            cell, options = self._queue.popleft()
+            if worker.process is None or not worker.process.is_alive():
+                self._start(worker)
+            neighbours = [w for w in self._workers if w.cell is not None and w.device == worker.device]
+            worker.shared = bool(neighbours) and worker.device is not None
+            for other in neighbours:
+                other.shared = worker.shared or other.shared
+            worker.cell, worker.options = cell, options
+            worker.inbox.put((cell, options))
+
+    def _room(self, device: str | None) -> bool:
+        if device is None:
+            return True
+        return (
+            sum(1 for w in self._workers if w.cell is not None and w.device == device) < self._limit[device]
+        )
+
+    def _ran_out_beside_others(self, worker: _Worker, rows: list[dict[str, Any]]) -> bool:
+        """A cell that ran out of GPU memory while other cells shared its GPU: queue it again, first, and pack
+        fewer cells on that GPU from now on. True if so (the result is not the cell's)."""
+        if not (worker.shared and rows and rows[0].get("status") == "oom"):
+            return False
+        running = sum(1 for w in self._workers if w.cell is not None and w.device == worker.device)
+        self._limit[worker.device] = max(1, min(self._limit[worker.device], running - 1))
+        self._queue.appendleft((worker.cell, worker.options))
+        warn(
+            f"{worker.cell.label} ran out of GPU memory beside {running - 1} other cell(s) on GPU "
+            f"{worker.device}: it runs again, and that GPU now takes at most {self._limit[worker.device]} "
+            "cell(s) at once"
+        )
+        return True
 
     def _start(self, worker: _Worker) -> None:
         worker.inbox = self._context.Queue()
@@ -185,6 +239,9 @@ class _Worker:
         self.process: Any = None
         self.inbox: Any = None
         self.cell: Cell | None = None
+        self.options: CellOptions | None = None
+        self.shared = False
+        """Another cell ran on this worker's GPU at some time during its current cell."""
 
 
 def _pool_worker(index, device, threads, inbox, results, parent_pid, plugins) -> None:
@@ -201,6 +258,11 @@ def _pool_worker(index, device, threads, inbox, results, parent_pid, plugins) ->
     while (job := inbox.get()) is not None:
         cell, options = job
         rows, meta = run_cell(cell, options)
+        if device is not None and torch.cuda.is_initialized():
+            # the caching allocator would keep this cell's peak (and its graphs' pools) for this process: the
+            # other cells on the GPU, and this worker's next one, need it
+            gc.collect()
+            torch.cuda.empty_cache()
         results.put((index, rows, meta))
 
 

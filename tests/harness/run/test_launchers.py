@@ -2,6 +2,7 @@
 in-process. (The pool's results are compared with an in-process run in test_kill.py.)"""
 
 import os
+import queue
 import signal
 
 import pytest
@@ -78,3 +79,47 @@ def test_a_pool_worker_that_dies_under_a_cell_hands_back_no_rows(monkeypatch):
         assert worker.cell is None
     finally:
         pool.close()
+
+
+class _AliveProcess:
+    def is_alive(self):
+        return True
+
+
+def test_a_cell_out_of_gpu_memory_beside_others_runs_again_on_a_less_packed_gpu(monkeypatch):
+    """The pool's bookkeeping with stand-in workers: results are put on its queue by hand. A cell whose rows say
+    `oom` while others share its GPU is no result: it is queued again, first, and the GPU takes one cell fewer
+    than were running; out of memory alone, it is the cell's result."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    pool = Pool(LaunchOptions(cells_per_gpu=3))
+    inboxes = {}
+
+    def start(worker):
+        worker.process, worker.inbox = _AliveProcess(), queue.Queue()
+        inboxes[worker.index] = worker.inbox
+
+    monkeypatch.setattr(pool, "_start", start)
+    pool._results = queue.Queue()
+    a, b, c, d = small_cells(lrs=(1e-3, 2e-3, 3e-3, 4e-3), seeds=(0,))
+    for cell in (a, b, c):
+        pool.submit(cell, None)
+    where = {w.cell.id: w.index for w in pool._workers if w.cell is not None}
+    assert len(where) == 3 and pool.slots == 3
+
+    def finish(cell, status):
+        pool._results.put((where.pop(cell.id), [{"status": status}], {}))
+        done = pool.wait(timeout=1)
+        where.update({w.cell.id: w.index for w in pool._workers if w.cell is not None})
+        return [(cell.id, rows[0]["status"]) for cell, rows, _ in done]
+
+    assert finish(c, "oom") == []  # beside a and b: not a result
+    assert pool.slots == 2 and c.id not in where  # waits, first in line
+    pool.submit(d, None)
+    assert finish(a, "ok") == [(a.id, "ok")]
+    assert c.id in where and d.id not in where  # the retried cell went first
+    assert finish(c, "oom") == []  # beside b again
+    assert pool.slots == 1
+    assert finish(b, "ok") == [(b.id, "ok")] and set(where) == {c.id}  # alone now
+    assert finish(c, "oom") == [(c.id, "oom")]  # alone: its own result
+    assert set(where) == {d.id}
+    assert finish(d, "ok") == [(d.id, "ok")]
