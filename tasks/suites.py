@@ -188,13 +188,15 @@ SUITES.add(
 # Zoology's MQAR capacity result (Arora et al. 2023, Fig. 2; docs/reference.md §5) on the harness's backbone: V 8192,
 # a mixture of short and long settings, batch 256, 2 layers at widths 64-512 (a model named without @SIZE runs at
 # every width). Zoology's mixture has 100K examples at (64, 4) and 20K at each other setting; the harness splits
-# num_train evenly (20K each). Tests: the training settings, then more pairs at longer lengths. Measured on one
-# H200 (docs/findings/mqar-plateau.md): MLA and KDA at width 128, batch 256, reach 0.99+ by step 700-1000 on a
-# mixture up to (256, 16).
+# num_train evenly (20K each). Tests: the training settings, as Zoology's figure tests each run at the setting it
+# trained on. Longer tests are a different question (length generalisation, the localization suite): measured on
+# one H200 (docs/findings/mqar-plateau.md), MLA (RoPE) trained up to 256 tokens scored 1.000 on every training
+# setting at widths 64-256 but 0.74-0.91 at (1024, 256), so a mean over such slices never met the early stop and
+# every cell ran its whole budget.
 _ZOOLOGY_TRAIN_SETTINGS = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
 _ZOOLOGY_MQAR = MQARConfig(
     train_settings=_ZOOLOGY_TRAIN_SETTINGS,
-    test_settings=_ZOOLOGY_TRAIN_SETTINGS + ((512, 128), (1024, 256)),
+    test_settings=_ZOOLOGY_TRAIN_SETTINGS,
     num_train=100000,
     num_test=1000,
 )
