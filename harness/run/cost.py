@@ -402,7 +402,10 @@ def cost_report(
             f"| {label} | {len(group)} | {count['measured']} | {count['extrapolated']} | {count['unknown']} | {hours} | {longest} |"
         )
     lines.append("")
-    lines += _wall_lines(alone, packed, plan, packing, unit)
+    wall = _wall_lines(alone, packed, plan, packing, unit)
+    if wall and (unknown_cells := sum(c.basis == "unknown" for c in alone)):
+        wall[-1] += f" (+ {unknown_cells} unknown cells)"
+    lines += wall
     todo = [c for c in alone if c.cell.id not in done]
     if len(todo) < len(alone):
         seconds = sum(c.seconds for c in todo if c.seconds is not None)
@@ -446,9 +449,7 @@ def _wall_lines(
     if all(p.seconds is not None for p, a in zip(packed, alone, strict=True) if a.seconds is not None):
         together = [p.seconds for p, a in zip(packed, alone, strict=True) if a.seconds is not None]
         wall = max(sum(together) / packing / plan.gpus, max(together))
-        return [
-            f"wall time: {_duration(wall)} on {where}, {packing} cells at once (measured packed step times)"
-        ]
+        return [f"wall time: {_duration(wall)} on {where}, {packing} cells at once (from packed step times)"]
     low, high = max(total / packing, max(known)), max(total, max(known))
     return [
         f"wall time: between {_duration(low)} (if packing slows no cell) and"

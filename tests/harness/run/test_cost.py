@@ -97,7 +97,7 @@ def test_report_counts_hours_and_packing(cells):
     packed = cost_report(cells, shapes, table, GPU, Plan("pool", 4, 1))
     assert "wall time: between" in packed and "--cells-per-gpu 4" in packed
     table += [_measured(shapes[c.id], cells_per_gpu=4) for c in cells]
-    assert "measured packed step times" in cost_report(cells, shapes, table, GPU, Plan("pool", 4, 1))
+    assert "from packed step times" in cost_report(cells, shapes, table, GPU, Plan("pool", 4, 1))
     assert cost_report(cells, shapes, table, "cpu", Plan()).startswith(
         "no measurements for cpu: run `harness bench steps`"
     )
