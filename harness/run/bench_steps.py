@@ -2,15 +2,16 @@
 `harness run --dry-run` (harness/run/cost.py).
 
 One cell per shape (cells that differ only in lr and seed share a shape: their steps take the same time) is
-trained for `warmup + steps` steps through the trainer itself (harness/run/train.py: `train`, so what it does to a
-step is what is timed), with no early stop and one validation at the end. A clock in place of the training logger
-notes the time of every step, the device synchronised; the mean of the steps after the warmup is the step time,
-the gap around the final validation its time. Before training, the cell's data are generated with fewer training
+trained through the trainer itself (harness/run/train.py: `train`, so what it does to a step, eager or captured as
+CUDA graphs, is what is timed), with no early stop and one validation at the end: `warmup` steps to warm up, then
+`warmup` and `warmup + steps` steps timed; the difference is the time of `steps` steps. A clock in place of the
+training logger notes when the last step's loss was read and when the validation after it ended, the device
+synchronised. Before training, the cell's data are generated with fewer training
 examples than the cell has (they take time, not steps) and the generation time scaled to the full count; after
 it, the test slices are scored. The measurement is appended to the step-time table.
 
-With `cells_per_gpu` K > 1, K copies of each shape train at once in K processes on the device, their timed steps
-started together, and the measurement is recorded as one of K cells at once (what `--launcher pool
+With `cells_per_gpu` K > 1, K copies of each shape train at once in K processes on the device, each of their
+runs started together, and the measurement is recorded as one of K cells at once (what `--launcher pool
 --cells-per-gpu K` gets).
 """
 
@@ -43,52 +44,67 @@ from models.backbone import LanguageModel
 
 
 class StepClock:
-    """What `train` sees as its logger: the time after every step and after the validation, the device
-    synchronised first so that each time is the work's end. With `barrier`, waits for the other copies at the
-    end of the warmup (a packed measurement)."""
+    """What `train` sees as its logger: when the last step's loss was read and when the validation after it ended,
+    the device synchronised first. (The captured step reads losses back in batches, so a step's log line is no
+    time of that step; the last one's is: train reads every loss before it validates.)"""
 
-    def __init__(self, device: torch.device, warmup: int, barrier: Any = None):
-        self.device, self.warmup, self.barrier = device, warmup, barrier
-        self.steps: dict[int, float] = {}
-        self.validated: dict[int, float] = {}
+    def __init__(self, device: torch.device, last: int):
+        self.device, self.last = device, last
+        self.stepped: float | None = None
+        self.validated: float | None = None
 
     def log(self, step: int, values: dict[str, float]) -> None:
+        if step != self.last:
+            return
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        if "train_loss_step" not in values:
-            self.validated[step] = time.perf_counter()
-            return
-        if step == self.warmup and self.barrier is not None:
-            with contextlib.suppress(threading.BrokenBarrierError):
-                self.barrier.wait(timeout=300)
-        self.steps[step] = time.perf_counter()
+        if "train_loss_step" in values:
+            self.stepped = time.perf_counter()
+        else:
+            self.validated = time.perf_counter()
 
 
-def bench_cell(cell: Cell, steps: int, warmup: int) -> Cell:
-    """The cell as measured: `warmup + steps` steps, no early stop, one validation at the end."""
-    total = warmup + steps
+def bench_cell(cell: Cell, steps: int) -> Cell:
+    """The cell as measured: `steps` steps, no early stop, one validation at the end."""
     return override_cell(
-        cell, [f"train.max_steps={total}", f"train.eval_every={total}", "train.target_accuracy=none"]
+        cell, [f"train.max_steps={steps}", f"train.eval_every={steps}", "train.target_accuracy=none"]
     )
 
 
 def measure(cell: Cell, steps: int = 20, warmup: int = 3, barrier: Any = None) -> dict[str, Any]:
-    """Time one cell's shape here: step_s, valid_s, fixed_s (data at its full size, model, test evaluation)."""
+    """Time one cell's shape here: step_s, valid_s, fixed_s (data at its full size, model, test evaluation).
+
+    Training runs three times on one model: `warmup` steps (compilation, caches, allocator), `warmup` steps
+    timed, `warmup + steps` steps timed; the difference of the two times is `steps` steps, whatever each run
+    spends before its first step (the optimizer, capturing CUDA graphs). With `barrier`, the copies of a packed
+    measurement start each run together."""
     if steps < 1 or warmup < 1:
         raise HarnessError(f"--steps and --warmup must be at least 1, got {steps} and {warmup}")
-    cell = bench_cell(cell, steps, warmup)
     device = resolve_device(cell.train.device)
     data, data_s = _timed_data(cell)
     start = time.perf_counter()
     torch.manual_seed(cell.seed)
     model = LanguageModel(cell.model)
     build_s = time.perf_counter() - start
-    clock = StepClock(device, warmup, barrier)
-    with _no_progress_bar():
-        train(model, data.train, data.valid, cell.train, cell.seed, device, logger=clock)
-    last = warmup + steps
-    if last not in clock.steps or warmup not in clock.steps:
-        raise RuntimeError(f"training stopped before step {last} (a non-finite loss?)")
+
+    def run(count: int) -> tuple[float, float]:
+        if barrier is not None:
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=600)
+        config = bench_cell(cell, count).train
+        clock = StepClock(device, count)
+        began = time.perf_counter()
+        with _no_progress_bar():
+            train(model, data.train, data.valid, config, cell.seed, device, logger=clock)
+        if clock.stepped is None or clock.validated is None:
+            raise RuntimeError(f"training stopped before step {count} (a non-finite loss?)")
+        return clock.stepped - began, clock.validated - clock.stepped
+
+    run(warmup)
+    short, _ = run(warmup)
+    long, valid_s = run(warmup + steps)
+    if long <= short:
+        raise RuntimeError(f"{steps} steps took no measurable time; time more of them (--steps)")
     start = time.perf_counter()
     task = TASKS.get(cell.task_name)()
     metrics = evaluate(model, data.test, cell.train, device)
@@ -96,8 +112,8 @@ def measure(cell: Cell, steps: int = 20, warmup: int = 3, barrier: Any = None) -
         task.slice_metrics(cell.task, piece, metrics[piece.name])
     test_s = time.perf_counter() - start
     return dict(
-        step_s=(clock.steps[last] - clock.steps[warmup]) / steps,
-        valid_s=clock.validated[last] - clock.steps[last],
+        step_s=(long - short) / steps,
+        valid_s=valid_s,
         fixed_s=data_s + build_s + test_s,
         device=device_name(device),
         kernel_impl=model.kernel_names(device),
