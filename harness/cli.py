@@ -2,12 +2,14 @@
 
     harness run --models kda,gdn,mamba2,mla --suite smoke [--save-checkpoints] [--tensorboard] [--wandb]
     harness run --grid grid.toml --launcher pool --cells-per-gpu 4
+    harness run --suite kimi --scale paper --models kda,mla --dry-run --estimate-for "NVIDIA H200"
     harness status --out runs
     harness report --out runs
     harness size --models kda,gdn,mla --params 1M --tolerance 0.05
     harness list
     harness bench kernels --out results/kernels-h100
     harness bench models --models mla,kimi,kda --contexts 4K,32K,128K --batched 16x32K --out results/bench
+    harness bench steps --suite kimi --scale small --models kda,gdn --budget-s 180  (step times for --dry-run)
     harness eval --checkpoint runs/checkpoints/<cell id> --tasks harness_mqar     (lm-eval, in process)
     harness export-tasks --suite recall --out lm_eval_tasks                       (synthetic tasks for lm-eval)
 
@@ -110,7 +112,19 @@ def run(
         str, typer.Option(help="Checkpoint long cells every N steps or every 30s/10m/1h of training; off.")
     ] = "10m",
     out: OutOption = Path("runs"),
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="List the cells and exit.")] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run", help="List the cells and estimate their cost from measured step times; run nothing."
+        ),
+    ] = False,
+    estimate_for: Annotated[
+        str | None,
+        typer.Option(
+            help="--dry-run: estimate for this device kind (e.g. 'NVIDIA H200', cpu) instead of this machine's;"
+            " its devices and memory are not checked here."
+        ),
+    ] = None,
     tensorboard: Annotated[
         bool,
         typer.Option(
@@ -146,49 +160,25 @@ def run(
     from harness.analysis.report import write_report
     from harness.results.schema import STATUSES
     from harness.results.store import ResultStore
-    from harness.run.grid import Grid, load_grid
     from harness.run.launchers import LaunchOptions, make_launcher
-    from harness.run.sizing import SizeMatch, parse_count
-    from harness.run.sweep import Every, plan_cells, run_cells, same_model_warnings
+    from harness.run.sweep import Every, run_cells
 
-    spec = (load_grid(grid) if grid else Grid()).merged(
-        models=tuple(_split(models)) if models else None,
-        suite=suite,
-        scale=scale,
-        set=tuple(set_ or []) + ((f"train.device={device}",) if device else ()),
-        lrs=_numbers(lrs, float, "--lrs", "learning rates"),
-        seeds=_numbers(seeds, int, "--seeds", "integers"),
-        params=params,
-        tolerance=tolerance,
-    )
-    if not spec.suite:
+    if estimate_for is not None and not dry_run:
         raise HarnessError(
-            "no suite given: pass --suite (e.g. --suite smoke) or a --grid file with suite = ..."
+            "--estimate-for goes with --dry-run (it estimates the cost of cells it does not run)"
         )
     retried = _split(retry or "")
     if unknown := [s for s in retried if s not in STATUSES or s == "ok"]:
         raise HarnessError(f"--retry takes statuses failed, oom, diverged; got '{unknown[0]}'")
-    match = SizeMatch(params=parse_count(spec.params), tolerance=spec.tolerance) if spec.params else None
-    cells = plan_cells(
-        list(spec.models),
-        spec.suite,
-        spec.scale,
-        spec.set,
-        spec.seeds,
-        spec.lrs,
-        match,
-        local=launcher != "ray",  # Ray runs cells on the cluster's machines, not this one
-        force=force,
-    )
+    # Ray runs cells on the cluster's machines, and --estimate-for on another device: neither is checked here
+    spec, cells = _plan(
+        grid, models, suite, scale, set_, lrs, seeds, params, tolerance, device, force,
+        local=launcher != "ray" and estimate_for is None,
+    )  # fmt: skip
     every = Every.parse(checkpoint_every)
-    for warning in sorted(same_model_warnings(cells)):
-        typer.echo(f"warning: {warning}", err=True)
     store = ResultStore(out)
-    if match is not None:
-        _echo_sizes(cells, match)
     if dry_run:
-        for cell in cells:
-            typer.echo(f"{cell.id}  {'done' if store.has(cell.id) else 'todo'}  {cell.label}")
+        _dry_run(cells, store, estimate_for, launcher, cells_per_gpu, workers)
         return
     store.prepare()  # an --out that cannot be written fails here, in one line
     pool = make_launcher(
@@ -254,6 +244,71 @@ def run(
     if problems:
         typer.echo(f"error: {'; '.join(problems)}", err=True)
         raise typer.Exit(1)
+
+
+def _plan(grid, models, suite, scale, set_, lrs, seeds, params, tolerance, device, force, local):
+    """The grid spec and the planned cells of the options that `run` and `bench steps` share."""
+    from harness.run.grid import Grid, load_grid
+    from harness.run.sizing import SizeMatch, parse_count
+    from harness.run.sweep import plan_cells, same_model_warnings
+
+    spec = (load_grid(grid) if grid else Grid()).merged(
+        models=tuple(_split(models)) if models else None,
+        suite=suite,
+        scale=scale,
+        set=tuple(set_ or []) + ((f"train.device={device}",) if device else ()),
+        lrs=_numbers(lrs, float, "--lrs", "learning rates"),
+        seeds=_numbers(seeds, int, "--seeds", "integers"),
+        params=params,
+        tolerance=tolerance,
+    )
+    if not spec.suite:
+        raise HarnessError(
+            "no suite given: pass --suite (e.g. --suite smoke) or a --grid file with suite = ..."
+        )
+    match = SizeMatch(params=parse_count(spec.params), tolerance=spec.tolerance) if spec.params else None
+    cells = plan_cells(
+        list(spec.models),
+        spec.suite,
+        spec.scale,
+        spec.set,
+        spec.seeds,
+        spec.lrs,
+        match,
+        local=local,
+        force=force,
+    )
+    for warning in sorted(same_model_warnings(cells)):
+        typer.echo(f"warning: {warning}", err=True)
+    if match is not None:
+        _echo_sizes(cells, match)
+    return spec, cells
+
+
+def _dry_run(cells, store, estimate_for, launcher, cells_per_gpu, workers) -> None:
+    """The cell list, then the estimate of what running it costs (harness/run/cost.py)."""
+    from harness.run.cost import (
+        Plan,
+        check_device_name,
+        cost_report,
+        local_device,
+        measurements_for,
+        shapes_of,
+    )
+    from harness.run.launchers import visible_gpus
+
+    measurements = measurements_for(store.root)
+    # an unknown device name is refused before anything is printed
+    device = check_device_name(estimate_for, measurements) if estimate_for else local_device(cells[0])
+    for cell in cells:
+        typer.echo(f"{cell.id}  {'done' if store.has(cell.id) else 'todo'}  {cell.label}")
+    if device == "cpu":
+        # the CPU is one device that pool workers share
+        plan = Plan(launcher, workers or cells_per_gpu, 1)
+    else:
+        plan = Plan(launcher, cells_per_gpu, 1 if estimate_for else max(1, len(visible_gpus())))
+    typer.echo("")
+    typer.echo(cost_report(cells, shapes_of(cells), measurements, device, plan, store.done()))
 
 
 def _numbers(text: str | None, kind: type, option: str, what: str) -> tuple | None:
@@ -758,6 +813,73 @@ def bench_models(
             order=[split_model_token(token, size)[0] for token in _split(models)],
         )
     )
+
+
+@bench_app.command("steps")
+def bench_steps(
+    models: Annotated[
+        str | None, typer.Option("--models", "-m", help="Comma-separated models, as for `harness run`.")
+    ] = None,
+    suite: Annotated[str | None, typer.Option("--suite", "-s", help="Suite whose cells to time.")] = None,
+    scale: Annotated[str | None, typer.Option(help="Suite scale; default: the suite's first.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting, as for `harness run`.")
+    ] = None,
+    lrs: Annotated[str | None, typer.Option(help="As for `harness run` (lrs share a step time).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="As for `harness run` (seeds share a step time).")] = None,
+    grid: Annotated[Path | None, typer.Option(help="TOML grid file, as for `harness run`.")] = None,
+    params: Annotated[str | None, typer.Option(help="Resize every model to this many parameters.")] = None,
+    tolerance: Annotated[float | None, typer.Option(help="Tolerance of --params (default 0.05).")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Time cells that the memory estimate says cannot fit.")
+    ] = False,
+    steps: Annotated[int, typer.Option(help="Training steps timed per shape.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Steps before the timed ones (compilation, caches).")] = 3,
+    cells_per_gpu: Annotated[
+        int,
+        typer.Option(
+            help="Time K copies of each shape at once (what --launcher pool --cells-per-gpu K gets)."
+        ),
+    ] = 1,
+    budget_s: Annotated[
+        float | None,
+        typer.Option(help="Seconds for the whole run: shapes not started by then are left for the next run."),
+    ] = 300.0,
+    again: Annotated[
+        bool, typer.Option("--again", help="Measure shapes that the table already has for this device.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder of the step-time table (default: $HARNESS_STEP_TIMES or results/step-times/).",
+        ),
+    ] = None,
+) -> None:
+    """Time a few training steps of one cell per shape of a sweep (cells differing only in lr and seed share one)
+    on this device; append ms/step to the step-time table that `harness run --dry-run` estimates from."""
+    _load_plugins()
+    from harness.run.bench_steps import bench_steps as run
+    from harness.run.cost import table_dir
+
+    _, cells = _plan(
+        grid, models, suite, scale, set_, lrs, seeds, params, tolerance, device, force, local=True
+    )
+    table = out or table_dir()
+    outcome = run(
+        cells, table, steps=steps, warmup=warmup, cells_per_gpu=cells_per_gpu, budget_s=budget_s, again=again,
+        on_line=typer.echo,
+    )  # fmt: skip
+    typer.echo(
+        f"\n{len(outcome.measured)} shape(s) measured, {outcome.skipped} already in {table}/"
+        + (" (--again measures them anew)" if outcome.skipped else "")
+        + (f", {outcome.failed} failed" if outcome.failed else "")
+    )
+    if outcome.left:
+        typer.echo(
+            f"{outcome.left} shape(s) not started: the --budget-s was spent; run the same command again"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
