@@ -684,7 +684,8 @@ def _diag_loop_bwd(b_dq, b_dkr, b_dkc, b_gs, r_s, m_s, q, k, G, dAqk, dAkk, rq, 
 
 @triton.jit
 def intra_bwd_kernel(
-    q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias, dA_part,
+    q, k, G, dAqk, dAkk, dq, dk, dqo, dko, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias,
+    dA_part,
     db_part, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
     GATE_ACT: tl.constexpr, BG: tl.constexpr, FAST_DIAG: tl.constexpr,
@@ -802,8 +803,9 @@ def intra_bwd_kernel(
             b_dqt = _l2norm_bwd(b_dqt, b_qs / scale, b_rq)
             b_rk = tl.load(rk + (start + r_s) * H + i_h, mask=m_s, other=0.0)
             b_dkt = _l2norm_bwd(b_dkt, b_ks, b_rk)
-        _store_rows(dq, b_dqt, start + r_s, m_s, i_h, H, K, BK)
-        _store_rows(dk, b_dkt, start + r_s, m_s, i_h, H, K, BK)
+        # the totals go to dqo, dko: q's and k's dtype in v3 (no cast kernels after), v2 dq, dk themselves
+        _store_rows(dqo, b_dqt, start + r_s, m_s, i_h, H, K, BK)
+        _store_rows(dko, b_dkt, start + r_s, m_s, i_h, H, K, BK)
         b_dgs = b_qs * b_dq + b_ks * (b_dkr - b_dkc)
         # dg_s = sum over later tokens of the chunk of dG
         if GATE_CHANNEL:
@@ -1034,9 +1036,12 @@ def chunk_bwd(
     # per-chunk partial sums of the gradients of A_log and dt_bias
     dA_part = _empty(NC, H, dtype=torch.float32, device=dev) if gate_act else None
     db_part = _empty(NC, *dt_bias.shape, dtype=torch.float32, device=dev) if gate_act else None
+    # v3 writes the final dq, dk in q's and k's dtype (v2: float32, then two cast kernels)
+    dqo = _empty(q.shape, dtype=q.dtype, device=dev) if version == "v3" else dq
+    dko = _empty(k.shape, dtype=k.dtype, device=dev) if version == "v3" else dk
     # BG: tokens per step of the diagonal blocks; 2 and 4 spill registers at K = 128 (sm_90, Triton 3.6)
     intra_bwd_kernel[(NC, H)](
-        q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias,
+        q, k, G, dAqk, dAkk, dq, dk, dqo, dko, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias,
         dA_part, db_part, BC=BC, USE_DELTA=delta, GATE_ACT=gate_act, BG=1, FAST_DIAG=version == "v3", **common,
         **HEAVY,
     )  # fmt: skip
@@ -1046,7 +1051,7 @@ def chunk_bwd(
     dA_log = ddt_bias = None
     if gate_act:
         dA_log, ddt_bias = dA_part.sum(0).to(A_log.dtype), db_part.sum(0).to(dt_bias.dtype)
-    return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dbeta, dh0, dA_log, ddt_bias
+    return dqo.to(q.dtype), dko.to(k.dtype), dv, dg.to(g.dtype), dbeta, dh0, dA_log, ddt_bias
 
 
 class ChunkGatedDeltaRule(torch.autograd.Function):
