@@ -639,6 +639,20 @@ def bench_kernels(
     ] = True,
     row_budget: Annotated[float, typer.Option(help="Seconds one (op, impl, shape) row may take.")] = 15.0,
     warm_budget: Annotated[float, typer.Option(help="Seconds the parallel compilation may take.")] = 120.0,
+    shapes: Annotated[
+        str,
+        typer.Option(
+            help="default (16 heads: 8x2048, 2x8192, 1x32768), synthetic (the synthetic suites: 32x256..32x2048, "
+            "2 heads), all, or comma-separated BxT / BxTxH."
+        ),
+    ] = "default",
+    impls: Annotated[
+        str,
+        typer.Option(
+            help="Comma-separated implementations (triton = current kernels, triton-v2 = the previous, torch, "
+            "fla, sdpa); empty: all available."
+        ),
+    ] = "",
 ) -> None:
     """Time the gated-delta-rule kernels against the PyTorch path, SDPA and fla; write a table under OUT."""
     import torch
@@ -646,10 +660,13 @@ def bench_kernels(
     if not torch.cuda.is_available():
         raise HarnessError("`harness bench kernels` needs a CUDA device; none is visible")
     from kernels.bench import bench_kernels as run
+    from kernels.bench import parse_shapes
 
     rows = run(
         out,
         ops=_split(ops),
+        shapes=parse_shapes(shapes),
+        only=_split(impls) or None,
         torch_path=torch_path,
         warm=warm,
         profile=profile,

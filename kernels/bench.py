@@ -40,8 +40,13 @@ from torch.profiler import ProfilerActivity, profile
 
 from kernels.gated_delta_rule import gated_delta_rule
 
-SHAPES = [(8, 2048), (2, 8192), (1, 32768)]  # (B, T): 16K or 32K tokens
+SHAPES = [(8, 2048), (2, 8192), (1, 32768)]  # (B, T) at HEADS heads: 16K or 32K tokens
 HEADS, HEAD_DIM, CHUNK = 16, 128, 64
+# The synthetic-task suites' shapes (B, T, H): 2 heads of 128, batch 32
+SYNTHETIC_SHAPES = [(32, 256, 2), (32, 512, 2), (32, 1024, 2), (32, 2048, 2)]
+SHAPE_SETS = {"default": SHAPES, "synthetic": SYNTHETIC_SHAPES, "all": SHAPES + SYNTHETIC_SHAPES}
+# The Triton kernels' versions: "triton" is the current one, "triton-v2" the previous (timed side by side)
+TRITON_VERSIONS = {"triton": "v3", "triton-v2": "v2"}
 DEVICE = "cuda"
 # op -> (gate, delta); "ssd" is Mamba2's form (scalar gate, no delta rule)
 OPS = {"kda": ("channel", True), "gdn": ("scalar", True), "ssd": ("scalar", False)}
@@ -55,6 +60,7 @@ class Row:
     impl: str
     B: int
     T: int
+    H: int
     fwd_ms: float | None
     fwdbwd_ms: float | None
     tokens_per_s: float | None
@@ -106,9 +112,27 @@ def measure_ceilings() -> dict:
     return {"bandwidth_Bps": bandwidth, "bf16_flops": flops, "device": torch.cuda.get_device_name()}
 
 
-def _inputs(op: str, B: int, T: int, grad: bool):
+def parse_shapes(spec: str) -> list[tuple[int, int, int]]:
+    """Shapes (B, T, H) from "default", "synthetic", "all", or comma-separated BxT or BxTxH (H: HEADS by default)."""
+    if spec in SHAPE_SETS:
+        return [_full_shape(s) for s in SHAPE_SETS[spec]]
+    shapes = []
+    for item in spec.split(","):
+        parts = [int(x) for x in item.lower().split("x")]
+        if len(parts) not in (2, 3):
+            raise ValueError(f"shape '{item}': expected BxT or BxTxH")
+        shapes.append(_full_shape(parts))
+    return shapes
+
+
+def _full_shape(shape) -> tuple[int, int, int]:
+    B, T, *H = shape
+    return int(B), int(T), int(H[0]) if H else HEADS
+
+
+def _inputs(op: str, B: int, T: int, grad: bool, H: int = HEADS):
     gate, delta = OPS[op]
-    H, D = HEADS, HEAD_DIM
+    D = HEAD_DIM
     dev, bf16 = DEVICE, torch.bfloat16
     q = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(bf16)
     k = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(bf16)
@@ -122,30 +146,43 @@ def _inputs(op: str, B: int, T: int, grad: bool):
     return tensors
 
 
-def _floor_bytes(op: str, B: int, T: int) -> int:
+def _floor_bytes(op: str, B: int, T: int, H: int = HEADS) -> int:
     """Forward: read q, k, v (bf16), g (float32), beta (bf16) once; write o (bf16) once."""
     gate, delta = OPS[op]
-    n = B * T * HEADS
+    n = B * T * H
     return n * (
         3 * HEAD_DIM * 2 + (HEAD_DIM if gate == "channel" else 1) * 4 + (2 if delta else 0) + HEAD_DIM * 2
     )
 
 
-def _flops(op: str, B: int, T: int) -> float:
+def _flops(op: str, B: int, T: int, H: int = HEADS) -> float:
     """docs/reference.md §2: per head about 6 T d^2 + 3 T C d + T C^2 (forward)."""
     d, C = HEAD_DIM, CHUNK
-    return B * HEADS * (6 * T * d * d + 3 * T * C * d + T * C * C)
+    return B * H * (6 * T * d * d + 3 * T * C * d + T * C * C)
 
 
-def _ours(impl: str):
+def _ours(impl: str, version: str | None = None):
     def run(op, x):
         gate, delta = OPS[op]
-        o, _ = gated_delta_rule(
-            x["q"], x["k"], x["v"], x["g"], x["beta"], gate=gate, delta=delta, impl=impl, chunk_size=CHUNK
-        )
+        # the backward runs the version its forward ran
+        with _kernels_version(version):
+            o, _ = gated_delta_rule(
+                x["q"], x["k"], x["v"], x["g"], x["beta"], gate=gate, delta=delta, impl=impl, chunk_size=CHUNK
+            )
         return o
 
     return run
+
+
+@contextmanager
+def _kernels_version(version: str | None):
+    if version is None:
+        yield
+        return
+    from kernels.gated_delta_rule.chunk_triton import kernels_version
+
+    with kernels_version(version):
+        yield
 
 
 def _fla():
@@ -176,15 +213,25 @@ def _sdpa(op, x):
         return F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2)
 
 
-def _impls(torch_path: bool) -> dict[str, Callable]:
-    impls = {"triton": _ours("triton")}
+def _impls(torch_path: bool, only: list[str] | None = None) -> dict[str, Callable]:
+    """Implementations by row name; `only` keeps those whose name starts with one of its entries (e.g. "triton",
+    "triton-v2", "fla", "sdpa", "torch")."""
+    impls = {name: _ours("triton", version) for name, version in TRITON_VERSIONS.items()}
     if torch_path:
         impls["torch"] = _ours("torch")
-    fla = _fla()
+    fla = _fla() if not only or any(o.startswith("fla") for o in only) else None
     if fla is not None:
         impls[f"fla-{_fla_version()}"] = fla
     impls["sdpa-flash"] = _sdpa
+    if only:
+        impls = {
+            n: r for n, r in impls.items() if any(n == o or (n.startswith(o) and o != "triton") for o in only)
+        }
     return impls
+
+
+def _compiled(impls) -> list[str]:
+    return [name for name in impls if name.startswith("triton") or name.startswith("fla")]
 
 
 def _step(run, op, x, do):
@@ -194,9 +241,9 @@ def _step(run, op, x, do):
     torch.autograd.grad(o, [t for t in x.values() if t is not None], do, allow_unused=True)
 
 
-def _once(run, op, B, T, backward: bool = True) -> str:
+def _once(run, op, B, T, H=HEADS, backward: bool = True) -> str:
     """Run the forward and (if it is not refused) the backward once; returns a note."""
-    x = _inputs(op, B, T, grad=True)
+    x = _inputs(op, B, T, grad=True, H=H)
     with torch.no_grad():
         run(op, x)
     if backward:
@@ -210,17 +257,17 @@ def _once(run, op, B, T, backward: bool = True) -> str:
     return ""
 
 
-def _time(run, op, B, T, refused: str) -> tuple[float | None, float | None, str]:
+def _time(run, op, B, T, H, refused: str) -> tuple[float | None, float | None, str]:
     notes = []
     fwd = fwdbwd = None
     try:
-        x = _inputs(op, B, T, grad=False)
+        x = _inputs(op, B, T, grad=False, H=H)
         with torch.no_grad():
             fwd = _median_ms(lambda: run(op, x))
         if refused:
             notes.append(refused)
         else:
-            x = _inputs(op, B, T, grad=True)
+            x = _inputs(op, B, T, grad=True, H=H)
             do = torch.randn_like(x["v"])
             try:
                 fwdbwd = _median_ms(lambda: _step(run, op, x, do))
@@ -258,11 +305,11 @@ def warm_caches(ops: list[str], impls: list[str], shapes, timeout_s: float = WAR
 
 
 def _warm_main(op: str, impl: str, shapes: list) -> None:
-    run = _impls(torch_path=impl == "torch")[impl]
-    for B, T in shapes:
+    run = _impls(torch_path=impl == "torch", only=[impl])[impl]
+    for B, T, H in (_full_shape(s) for s in shapes):
         start = time.time()
-        note = _once(run, op, B, T)
-        print(f"warm {op}/{impl} {B}x{T}: {time.time() - start:.1f} s {note}", flush=True)
+        note = _once(run, op, B, T, H)
+        print(f"warm {op}/{impl} {B}x{T}x{H}: {time.time() - start:.1f} s {note}", flush=True)
 
 
 class Writer:
@@ -301,15 +348,15 @@ def bench_kernels(
     profile: bool = True,
     row_budget_s: float = ROW_BUDGET_S,
     warm_budget_s: float = WARM_BUDGET_S,
+    only: list[str] | None = None,
 ) -> list[Row]:
     """Time every implementation at every shape; write rows (JSON, markdown) and a per-kernel profile under `out`."""
-    ops, shapes = ops or list(OPS), [tuple(s) for s in (shapes or SHAPES)]
-    impls = _impls(torch_path)
+    ops, shapes = ops or list(OPS), [_full_shape(s) for s in (shapes or SHAPES)]
+    impls = _impls(torch_path, only)
     started = time.time()
     warm_report = ""
     if warm:
-        compiled = [name for name in impls if name == "triton" or name.startswith("fla")]
-        warm_report = warm_caches(ops, compiled, shapes, warm_budget_s)
+        warm_report = warm_caches(ops, _compiled(impls), shapes, warm_budget_s)
         print(f"warm ({time.time() - started:.0f} s): {warm_report}", flush=True)
     ceilings = measure_ceilings()
     print(_summary(ceilings), flush=True)
@@ -328,13 +375,13 @@ def bench_kernels(
             except Exception as error:  # noqa: BLE001 - over budget or failing: its rows say so
                 refused[op, name] = f"warm-up failed: {str(error).splitlines()[0][:80]}"
             print(f"warm-up {op}/{name}: {time.time() - start:.1f} s {refused[op, name]}", flush=True)
-    for i, (B, T) in enumerate(shapes):
+    for i, (B, T, H) in enumerate(shapes):
         for op in [*ops, "sdpa"]:
             for name, run in impls.items():
                 if (op == "sdpa") != (name == "sdpa-flash") or (name == "torch" and i > 0):
                     # the PyTorch path is 5-10x slower and its Python loop over chunks grows with T: one shape
                     continue
-                writer.add(_row(op, name, B, T, run, ceilings, refused.get((op, name), ""), row_budget_s))
+                writer.add(_row(op, name, B, T, H, run, ceilings, refused.get((op, name), ""), row_budget_s))
         if i == 0 and profile:
             # before the longer shapes, so that a run cut short still has it
             _write_profile(out, ops, impls, refused, shapes[0])
@@ -344,36 +391,37 @@ def bench_kernels(
 
 
 def _write_profile(out: Path, ops, impls, refused, shape) -> None:
-    compiled = {n: r for n, r in impls.items() if n == "triton" or n.startswith("fla")}
+    compiled = {n: impls[n] for n in _compiled(impls)}
     tables = profile_kernels(ops, compiled, refused, shape)
     text = "\n\n".join(_profile_markdown(t) for t in tables)
     print(text, flush=True)
     (out / "profile.md").write_text(
-        f"Device time per kernel at B×T = {shape[0]}×{shape[1]}\n\n" + text + "\n"
+        f"Device time per kernel at B×T×H = {shape[0]}×{shape[1]}×{shape[2]}\n\n" + text + "\n"
     )
     (out / "profile.json").write_text(json.dumps(tables, indent=1))
 
 
-def _row(op, name, B, T, run, ceilings, refused, row_budget_s) -> Row:
+def _row(op, name, B, T, H, run, ceilings, refused, row_budget_s) -> Row:
     torch.cuda.empty_cache()
     inputs_of = "gdn" if op == "sdpa" else op
-    floor_ms = _floor_bytes(inputs_of, B, T) / ceilings["bandwidth_Bps"] * 1e3
+    floor_ms = _floor_bytes(inputs_of, B, T, H) / ceilings["bandwidth_Bps"] * 1e3
     try:
         with budget(row_budget_s):
-            fwd, fwdbwd, note = _time(run, inputs_of, B, T, refused)
+            fwd, fwdbwd, note = _time(run, inputs_of, B, T, H, refused)
     except Exception as error:  # noqa: BLE001 - e.g. out of memory for the PyTorch path at 32K tokens
         fwd, fwdbwd, note = None, None, f"failed: {str(error).splitlines()[0][:80]}"
-    flops = 2 * B * HEADS * T * T * HEAD_DIM if op == "sdpa" else _flops(op, B, T)
+    flops = 2 * B * H * T * T * HEAD_DIM if op == "sdpa" else _flops(op, B, T, H)
     return Row(
         op=op,
         impl=name,
         B=B,
         T=T,
+        H=H,
         fwd_ms=fwd,
         fwdbwd_ms=fwdbwd,
         tokens_per_s=None if fwd is None else B * T / (fwd * 1e-3),
         fwd_floor_ms=floor_ms,
-        fwd_gbps=None if fwd is None else _floor_bytes(inputs_of, B, T) / (fwd * 1e-3) / 1e9,
+        fwd_gbps=None if fwd is None else _floor_bytes(inputs_of, B, T, H) / (fwd * 1e-3) / 1e9,
         fwd_bw_frac=None if fwd is None else floor_ms / fwd,
         fwd_tflops=None if fwd is None else flops / (fwd * 1e-3) / 1e12,
         fwd_flop_frac=None if fwd is None else flops / (fwd * 1e-3) / ceilings["bf16_flops"],
@@ -383,7 +431,7 @@ def _row(op, name, B, T, run, ceilings, refused, row_budget_s) -> Row:
 
 def profile_kernels(ops, impls, refused, shape) -> list[dict]:
     """Device time per kernel name (ms per call), forward and forward+backward, one table per (op, impl, pass)."""
-    B, T = shape
+    B, T, H = shape
     tables = []
     for op in ops:
         for name, run in impls.items():
@@ -393,16 +441,15 @@ def profile_kernels(ops, impls, refused, shape) -> list[dict]:
                 table = {"op": op, "impl": name, "pass": "fwd+bwd" if backward else "fwd", "kernels": []}
                 try:
                     with budget(ROW_BUDGET_S):
-                        table["kernels"] = _profile_one(run, op, B, T, backward)
+                        table["kernels"] = _profile_one(run, op, B, T, H, backward)
                 except Exception as error:  # noqa: BLE001 - a profile that fails leaves a note
                     table["error"] = str(error).splitlines()[0][:100]
                 tables.append(table)
     return tables
 
 
-def _profile_one(run, op, B, T, backward: bool, iters: int = 5) -> list[dict]:
-
-    x = _inputs(op, B, T, grad=backward)
+def _profile_one(run, op, B, T, H, backward: bool, iters: int = 5) -> list[dict]:
+    x = _inputs(op, B, T, grad=backward, H=H)
     do = torch.randn_like(x["v"])
     with torch.set_grad_enabled(backward):
         for i in range(iters + 1):
@@ -461,13 +508,13 @@ def _markdown(rows: list[Row], header: bool = True) -> str:
     lines = []
     if header:
         lines.append(
-            "| op | impl | B×T | fwd ms | fwd+bwd ms | Mtok/s (fwd) | floor ms | fwd / floor | fwd TFLOP/s | note |"
+            "| op | impl | B×T×H | fwd ms | fwd+bwd ms | Mtok/s (fwd) | floor ms | fwd / floor | fwd TFLOP/s | note |"
         )
         lines.append("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ratio = None if r.fwd_ms is None else r.fwd_ms / r.fwd_floor_ms
         lines.append(
-            f"| {r.op} | {r.impl} | {r.B}×{r.T} | {_fmt(r.fwd_ms, '.3f')} | {_fmt(r.fwdbwd_ms, '.3f')} | "
+            f"| {r.op} | {r.impl} | {r.B}×{r.T}×{r.H} | {_fmt(r.fwd_ms, '.3f')} | {_fmt(r.fwdbwd_ms, '.3f')} | "
             f"{_fmt(None if r.tokens_per_s is None else r.tokens_per_s / 1e6, '.1f')} | {r.fwd_floor_ms:.3f} | "
             f"{_fmt(ratio, '.1f')} | {_fmt(r.fwd_tflops, '.1f')} | {r.note} |"
         )
@@ -476,11 +523,16 @@ def _markdown(rows: list[Row], header: bool = True) -> str:
 
 if __name__ == "__main__":
     # python -m kernels.bench warm OP IMPL SHAPES_JSON: the warm subprocess of `warm_caches`;
-    # python -m kernels.bench warm-all BUDGET_S: every one of them (e.g. in the background while tests run)
+    # python -m kernels.bench warm-all BUDGET_S [SHAPES [IMPLS]]: every one of them (e.g. in the background while
+    # tests run); SHAPES as `parse_shapes` takes them, IMPLS comma-separated as `_impls(only=...)`
     if len(sys.argv) == 5 and sys.argv[1] == "warm":
         _warm_main(sys.argv[2], sys.argv[3], json.loads(sys.argv[4]))
-    elif len(sys.argv) == 3 and sys.argv[1] == "warm-all":
-        compiled = [name for name in _impls(torch_path=False) if name == "triton" or name.startswith("fla")]
-        print(warm_caches(list(OPS), compiled, SHAPES, float(sys.argv[2])), flush=True)
+    elif 3 <= len(sys.argv) <= 5 and sys.argv[1] == "warm-all":
+        shapes = parse_shapes(sys.argv[3]) if len(sys.argv) > 3 else SHAPES
+        only = sys.argv[4].split(",") if len(sys.argv) > 4 else None
+        compiled = _compiled(_impls(torch_path=False, only=only))
+        print(warm_caches(list(OPS), compiled, shapes, float(sys.argv[2])), flush=True)
     else:
-        sys.exit("usage: python -m kernels.bench warm OP IMPL SHAPES_JSON | warm-all BUDGET_S")
+        sys.exit(
+            "usage: python -m kernels.bench warm OP IMPL SHAPES_JSON | warm-all BUDGET_S [SHAPES [IMPLS]]"
+        )

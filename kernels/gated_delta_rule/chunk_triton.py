@@ -27,6 +27,9 @@ Exponents that should be <= 0 are clipped at 0, so masked (padded) rows never ov
 
 from __future__ import annotations
 
+import contextlib
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -167,6 +170,32 @@ def _load_gate_row(G, row, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constex
     return b_g
 
 
+# Largest per-channel gate span (G at a diagonal block's first token minus G at its last) for which the block is
+# a matrix product: factors e^{+-(G - midpoint)} stay within e^{+-32}, far from float32's (and TF32's) overflow and
+# underflow for any q, k of |x| < 1e4. Wider spans (a channel forgetting faster than e^-4 per token) take the
+# exact loop.
+DIAG_SPAN = tl.constexpr(64.0)
+
+
+@triton.jit
+def _diag_factors(G, b_g, start, valid, m_i, i_i, i_h, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr,
+                  BC: tl.constexpr):  # fmt: skip
+    """Decay factors of diagonal block I, whose (BC, BK) gate tile is b_g: with m = the per-channel midpoint of
+    the block's gates, e^{G_i - G_j} = e^{G_i - m} e^{m - G_j}, so the block's pairwise decays are one matrix
+    product of (rows * up) and (columns * dn). Returns (up, dn, span); masked rows take the first row's gate
+    (finite factors that multiply zeros). Exact only while span <= DIAG_SPAN: the caller checks."""
+    b_r = _load_gate_row(G, start + tl.minimum(i_i * BC, valid - 1), i_h, H, K, BK, True)  # (1, BK)
+    b_gv = tl.where(m_i[:, None], b_g, b_r)
+    b_hi = tl.max(b_gv, axis=0)[None, :]
+    b_lo = tl.min(b_gv, axis=0)[None, :]
+    b_mid = (b_hi + b_lo) * 0.5
+    b_span = tl.max(tl.max(b_hi - b_lo, axis=1), axis=0)
+    # clipped at the span's half: no-ops where the product is used, finite factors where it is not
+    b_up = tl.exp(tl.minimum(b_gv - b_mid, 0.5 * DIAG_SPAN))
+    b_dn = tl.exp(tl.minimum(b_mid - b_gv, 0.5 * DIAG_SPAN))
+    return b_up, b_dn, b_span
+
+
 @triton.jit
 def _load_tri(A, start, r_i, m_i, r_j, i_h, H: tl.constexpr, C: tl.constexpr, STRICT: tl.constexpr):
     """Block (r_i, r_j) of a (tokens, H, C) lower-triangular matrix; the upper part is never stored."""
@@ -213,13 +242,43 @@ def cumsum_kernel(
 
 
 @triton.jit
+def _diag_loop(q_i, k_i, b_gi, k, rk, G, start, valid, i_i, i_h, H: tl.constexpr, K: tl.constexpr,
+               BK: tl.constexpr, BC: tl.constexpr, USE_DELTA: tl.constexpr, L2NORM: tl.constexpr):  # fmt: skip
+    """Diagonal block I of A_qk and A_kk with exact pairwise decays, one key at a time (v2's only path)."""
+    o_c = tl.arange(0, BC)
+    b_q, b_k = q_i, k_i
+    b_qk = tl.zeros([BC, BC], dtype=tl.float32)
+    b_kk = tl.zeros([BC, BC], dtype=tl.float32)
+    for j in range(0, BC):
+        row = start + i_i * BC + j
+        o_k = tl.arange(0, BK)
+        m_rk = (o_k < K) & (i_i * BC + j + 0 * o_k < valid)
+        p_row = (row * H + i_h) * K + o_k
+        b_kj = _load_qk_row(k, rk, row, i_i * BC + j, valid, i_h, H, K, BK, L2NORM)
+        b_gj = tl.load(G + p_row, mask=m_rk, other=0.0)
+        b_kd = b_kj[None, :] * tl.exp(tl.minimum(b_gi - b_gj[None, :], 0.0))  # (BC, BK)
+        b_qk = tl.where(o_c[None, :] == j, tl.sum(b_q * b_kd, axis=1)[:, None], b_qk)
+        if USE_DELTA:
+            b_kk = tl.where(o_c[None, :] == j, tl.sum(b_k * b_kd, axis=1)[:, None], b_kk)
+    return b_qk, b_kk
+
+
+@triton.jit
 def intra_kernel(
     q, k, G, Aqk, Akk, cu_seqlens, chunk_indices, scale, T, rq, rk,
     H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
+    FAST_DIAG: tl.constexpr,
 ):  # fmt: skip
-    """One (BC, BC) block (I, J), J <= I, of A_qk (with the query scale) and A_kk (without beta)."""
-    i_c, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """One (BC, BC) block (I, J), J <= I, of A_qk (with the query scale) and A_kk (without beta).
+
+    FAST_DIAG (v3): the grid is (blocks, chunks, heads), so the blocks of one chunk run side by side and share its
+    q, k and G tiles through L2; a per-channel diagonal block is a matrix product about the block's per-channel
+    midpoint gate when its gate span allows (`_diag_factors`), else the exact key-by-key loop (v2's only path)."""
+    if FAST_DIAG:
+        i_b, i_c, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    else:
+        i_c, i_b, i_h = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     # lower-triangular block index -> (I, J); sqrt of a perfect square is exact in float32
     i_i = ((tl.sqrt((8 * i_b + 1).to(tl.float32)) - 1) / 2).to(tl.int32)
     i_j = i_b - i_i * (i_i + 1) // 2
@@ -242,19 +301,18 @@ def intra_kernel(
             b_qk = tl.dot(b_q * b_di, tl.trans(b_kj))
             b_kk = tl.dot(b_k * b_di, tl.trans(b_kj))
         else:
-            b_qk = tl.zeros([BC, BC], dtype=tl.float32)
-            b_kk = tl.zeros([BC, BC], dtype=tl.float32)
-            for j in range(0, BC):
-                row = start + i_i * BC + j
-                o_k = tl.arange(0, BK)
-                m_rk = (o_k < K) & (i_i * BC + j + 0 * o_k < valid)
-                p_row = (row * H + i_h) * K + o_k
-                b_kj = _load_qk_row(k, rk, row, i_i * BC + j, valid, i_h, H, K, BK, L2NORM)
-                b_gj = tl.load(G + p_row, mask=m_rk, other=0.0)
-                b_kd = b_kj[None, :] * tl.exp(tl.minimum(b_gi - b_gj[None, :], 0.0))  # (BC, BK)
-                b_qk = tl.where(o_c[None, :] == j, tl.sum(b_q * b_kd, axis=1)[:, None], b_qk)
-                if USE_DELTA:
-                    b_kk = tl.where(o_c[None, :] == j, tl.sum(b_k * b_kd, axis=1)[:, None], b_kk)
+            if FAST_DIAG:
+                b_up, b_dn, b_span = _diag_factors(G, b_gi, start, valid, m_i, i_i, i_h, H, K, BK, BC)
+                if b_span <= DIAG_SPAN:
+                    b_kf = b_k * b_dn
+                    b_qk = tl.dot(b_q * b_up, tl.trans(b_kf))
+                    b_kk = tl.dot(b_k * b_up, tl.trans(b_kf))
+                else:
+                    b_qk, b_kk = _diag_loop(b_q, b_k, b_gi, k, rk, G, start, valid, i_i, i_h, H, K, BK, BC, USE_DELTA,
+                                            L2NORM)  # fmt: skip
+            else:
+                b_qk, b_kk = _diag_loop(b_q, b_k, b_gi, k, rk, G, start, valid, i_i, i_h, H, K, BK, BC, USE_DELTA,
+                                        L2NORM)  # fmt: skip
     else:
         b_kj = _load_qk(k, rk, start + r_j, m_j, i_h, H, K, BK, L2NORM)
         b_gj = tl.load(G + (start + r_j) * H + i_h, mask=m_j, other=0.0)
@@ -501,17 +559,22 @@ def local_bwd_kernel(
     dq, dk, dv, dG, dbeta, dAqk, dAkk, cu_seqlens, chunk_indices, scale, T, rq, rk,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
+    LATE_LOADS: tl.constexpr,
 ):  # fmt: skip
-    """Per chunk, everything that touches the states, the UT transform and beta; partial dq, dk, dG."""
+    """Per chunk, everything that touches the states, the UT transform and beta; partial dq, dk, dG.
+
+    LATE_LOADS (v3): q, k and the gates are loaded after the loop over V-blocks, which does not use them: three
+    (C, K) float32 tiles fewer live across the loop (v2 loads them first and spills registers at K = 128)."""
     i_c, i_h = tl.program_id(0), tl.program_id(1)
     start, valid = _chunk_of(i_c, cu_seqlens, chunk_indices, T, C, IS_VARLEN)
     o_t = tl.arange(0, C)
     m_t = o_t < valid
     o_k = tl.arange(0, BK)
-    b_q = _load_qk(q, rq, start + o_t, m_t, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
-    b_k = _load_qk(k, rk, start + o_t, m_t, i_h, H, K, BK, L2NORM).to(tl.float32)
-    b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
-    b_gc = _load_gate_row(G, start + valid - 1, i_h, H, K, BK, GATE_CHANNEL)
+    if not LATE_LOADS:
+        b_q = _load_qk(q, rq, start + o_t, m_t, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
+        b_k = _load_qk(k, rk, start + o_t, m_t, i_h, H, K, BK, L2NORM).to(tl.float32)
+        b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
+        b_gc = _load_gate_row(G, start + valid - 1, i_h, H, K, BK, GATE_CHANNEL)
     b_dq = tl.zeros([C, BK], dtype=tl.float32)
     b_dkd = tl.zeros([C, BK], dtype=tl.float32)  # gradient of e^{G_C - G} * K
     b_dw = tl.zeros([C, BK], dtype=tl.float32)
@@ -549,6 +612,11 @@ def local_bwd_kernel(
             tl.store(dv + p_tv, (b_zu * b_b[:, None]).to(dv.dtype.element_ty), mask=m_tv)
             b_db += tl.sum(b_zu * b_v, axis=1)
             b_dL += tl.dot(b_zu, tl.trans(b_u))
+    if LATE_LOADS:
+        b_q = _load_qk(q, rq, start + o_t, m_t, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
+        b_k = _load_qk(k, rk, start + o_t, m_t, i_h, H, K, BK, L2NORM).to(tl.float32)
+        b_g = _load_gate(G, start + o_t, m_t, i_h, H, K, BK, GATE_CHANNEL)
+        b_gc = _load_gate_row(G, start + valid - 1, i_h, H, K, BK, GATE_CHANNEL)
     b_eg = _exp_le0(b_g)
     b_dq = b_dq * b_eg
     b_dkd = b_dkd * _exp_le0(b_gc - b_g)
@@ -584,11 +652,43 @@ def local_bwd_kernel(
 
 
 @triton.jit
+def _diag_loop_bwd(b_dq, b_dkr, b_dkc, b_gs, r_s, m_s, q, k, G, dAqk, dAkk, rq, rk, scale, start, valid, i_s,
+                   i_h, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BK: tl.constexpr, BC: tl.constexpr,
+                   BG: tl.constexpr, USE_DELTA: tl.constexpr, L2NORM: tl.constexpr):  # fmt: skip
+    """Diagonal block of the per-channel backward with exact pairwise decays (v2's only path); returns the three
+    accumulators with the block's terms added."""
+    # BG tokens at a time: (BC, BG, BK) tiles of exact pairwise decays, reduced over the group; the rows and
+    # columns of dA come from memory (extracting them from the register tile takes a reduction each)
+    for j0 in range(0, BC, BG):
+        r_g = i_s * BC + j0 + tl.arange(0, BG)
+        m_g = r_g < valid
+        b_kg = _load_qk(k, rk, start + r_g, m_g, i_h, H, K, BK, L2NORM).to(tl.float32)  # (BG, BK)
+        b_qg = _load_qk(q, rq, start + r_g, m_g, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
+        b_gg = _load_gate(G, start + r_g, m_g, i_h, H, K, BK, True)
+        # the group as columns j <= i of the block's rows i
+        b_e = tl.exp(tl.minimum(b_gs[:, None, :] - b_gg[None, :, :], 0.0))  # (BC, BG, BK)
+        b_da = _load_tri(dAqk, start, r_s, m_s, r_g, i_h, H, C, False)  # (BC, BG)
+        b_dq += tl.sum(b_da[:, :, None] * b_kg[None, :, :] * b_e, axis=1)
+        if USE_DELTA:
+            b_db = _load_tri(dAkk, start, r_s, m_s, r_g, i_h, H, C, True)
+            b_dkr += tl.sum(b_db[:, :, None] * b_kg[None, :, :] * b_e, axis=1)
+        # the group as rows i >= j of the block's columns j
+        b_da = _load_tri(dAqk, start, r_g, m_g, r_s, i_h, H, C, False)  # (BG, BC)
+        b_x = b_da[:, :, None] * b_qg[:, None, :]  # (BG, BC, BK)
+        if USE_DELTA:
+            b_db = _load_tri(dAkk, start, r_g, m_g, r_s, i_h, H, C, True)
+            b_x += b_db[:, :, None] * b_kg[:, None, :]
+        b_dkc += tl.sum(b_x * tl.exp(tl.minimum(b_gg[:, None, :] - b_gs[None, :, :], 0.0)), axis=0)
+    return b_dq, b_dkr, b_dkc
+
+
+@triton.jit
 def intra_bwd_kernel(
-    q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias, dA_part,
+    q, k, G, dAqk, dAkk, dq, dk, dqo, dko, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias,
+    dA_part,
     db_part, H: tl.constexpr, K: tl.constexpr, C: tl.constexpr, BC: tl.constexpr, BK: tl.constexpr,
     GATE_CHANNEL: tl.constexpr, USE_DELTA: tl.constexpr, IS_VARLEN: tl.constexpr, L2NORM: tl.constexpr,
-    GATE_ACT: tl.constexpr, BG: tl.constexpr,
+    GATE_ACT: tl.constexpr, BG: tl.constexpr, FAST_DIAG: tl.constexpr,
 ):  # fmt: skip
     """Gradients through A_qk and A_kk, block by block from the chunk's end; dg = reverse cumsum of dG.
 
@@ -663,28 +763,29 @@ def intra_bwd_kernel(
                     b_dkc += tl.dot(tl.trans(b_db * b_d), b_ki)
         # the diagonal block
         if GATE_CHANNEL:
-            # BG tokens at a time: (BC, BG, BK) tiles of exact pairwise decays, reduced over the group; the rows and
-            # columns of dA come from memory (extracting them from the register tile takes a reduction each)
-            for j0 in range(0, BC, BG):
-                r_g = i_s * BC + j0 + tl.arange(0, BG)
-                m_g = r_g < valid
-                b_kg = _load_qk(k, rk, start + r_g, m_g, i_h, H, K, BK, L2NORM).to(tl.float32)  # (BG, BK)
-                b_qg = _load_qk(q, rq, start + r_g, m_g, i_h, H, K, BK, L2NORM).to(tl.float32) * scale
-                b_gg = _load_gate(G, start + r_g, m_g, i_h, H, K, BK, GATE_CHANNEL)
-                # the group as columns j <= i of the block's rows i
-                b_e = tl.exp(tl.minimum(b_gs[:, None, :] - b_gg[None, :, :], 0.0))  # (BC, BG, BK)
-                b_da = _load_tri(dAqk, start, r_s, m_s, r_g, i_h, H, C, False)  # (BC, BG)
-                b_dq += tl.sum(b_da[:, :, None] * b_kg[None, :, :] * b_e, axis=1)
-                if USE_DELTA:
-                    b_db = _load_tri(dAkk, start, r_s, m_s, r_g, i_h, H, C, True)
-                    b_dkr += tl.sum(b_db[:, :, None] * b_kg[None, :, :] * b_e, axis=1)
-                # the group as rows i >= j of the block's columns j
-                b_da = _load_tri(dAqk, start, r_g, m_g, r_s, i_h, H, C, False)  # (BG, BC)
-                b_x = b_da[:, :, None] * b_qg[:, None, :]  # (BG, BC, BK)
-                if USE_DELTA:
-                    b_db = _load_tri(dAkk, start, r_g, m_g, r_s, i_h, H, C, True)
-                    b_x += b_db[:, :, None] * b_kg[:, None, :]
-                b_dkc += tl.sum(b_x * tl.exp(tl.minimum(b_gg[:, None, :] - b_gs[None, :, :], 0.0)), axis=0)
+            if FAST_DIAG:
+                b_up, b_dn, b_span = _diag_factors(G, b_gs, start, valid, m_s, i_s, i_h, H, K, BK, BC)
+                if b_span <= DIAG_SPAN:
+                    # as the blocks off the diagonal, about the block's midpoint gate (see `intra_kernel`)
+                    b_kf = b_ks * b_dn
+                    b_da = _load_tri(dAqk, start, r_s, m_s, r_s, i_h, H, C, False)
+                    b_dq += tl.dot(b_da, b_kf) * b_up
+                    b_acc = tl.dot(tl.trans(b_da), b_qs * b_up)
+                    if USE_DELTA:
+                        b_db = _load_tri(dAkk, start, r_s, m_s, r_s, i_h, H, C, True)
+                        b_dkr += tl.dot(b_db, b_kf) * b_up
+                        b_acc += tl.dot(tl.trans(b_db), b_ks * b_up)
+                    b_dkc += b_acc * b_dn
+                else:
+                    b_dq, b_dkr, b_dkc = _diag_loop_bwd(
+                        b_dq, b_dkr, b_dkc, b_gs, r_s, m_s, q, k, G, dAqk, dAkk, rq, rk, scale, start, valid, i_s,
+                        i_h, H, K, C, BK, BC, BG, USE_DELTA, L2NORM,
+                    )  # fmt: skip
+            else:
+                b_dq, b_dkr, b_dkc = _diag_loop_bwd(
+                    b_dq, b_dkr, b_dkc, b_gs, r_s, m_s, q, k, G, dAqk, dAkk, rq, rk, scale, start, valid, i_s, i_h, H,
+                    K, C, BK, BC, BG, USE_DELTA, L2NORM,
+                )  # fmt: skip
         else:
             b_da = _load_tri(dAqk, start, r_s, m_s, r_s, i_h, H, C, False)
             b_d = _exp_le0(b_gs - tl.trans(b_gs))
@@ -702,8 +803,9 @@ def intra_bwd_kernel(
             b_dqt = _l2norm_bwd(b_dqt, b_qs / scale, b_rq)
             b_rk = tl.load(rk + (start + r_s) * H + i_h, mask=m_s, other=0.0)
             b_dkt = _l2norm_bwd(b_dkt, b_ks, b_rk)
-        _store_rows(dq, b_dqt, start + r_s, m_s, i_h, H, K, BK)
-        _store_rows(dk, b_dkt, start + r_s, m_s, i_h, H, K, BK)
+        # the totals go to dqo, dko: q's and k's dtype in v3 (no cast kernels after), v2 dq, dk themselves
+        _store_rows(dqo, b_dqt, start + r_s, m_s, i_h, H, K, BK)
+        _store_rows(dko, b_dkt, start + r_s, m_s, i_h, H, K, BK)
         b_dgs = b_qs * b_dq + b_ks * (b_dkr - b_dkc)
         # dg_s = sum over later tokens of the chunk of dG
         if GATE_CHANNEL:
@@ -761,6 +863,26 @@ def _chunk_tables(cu_seqlens: Tensor | None, B: int, T: int, C: int):
 # Launch settings for every kernel but the cumsum: 8 warps keep the (C, K) tiles in registers (4 spill).
 HEAVY = dict(num_warps=8, num_stages=2)
 
+# Kernel versions, so that one benchmark run times before and after: "v2" (main until issue #18) and "v3"
+# (per-channel diagonal blocks as matrix products, the forward intra grid by block, local_bwd's late loads).
+# HARNESS_GDR_KERNELS picks the default; `kernels_version` switches it for a block of calls (the backward runs the
+# version its forward ran).
+VERSIONS = ("v2", "v3")
+VERSION = os.environ.get("HARNESS_GDR_KERNELS", "v3")
+
+
+@contextlib.contextmanager
+def kernels_version(version: str):
+    """Run the Triton chunked kernels of `version` inside the block."""
+    global VERSION
+    if version not in VERSIONS:
+        raise ValueError(f"unknown kernel version '{version}'; expected one of {', '.join(VERSIONS)}")
+    previous, VERSION = VERSION, version
+    try:
+        yield
+    finally:
+        VERSION = previous
+
 
 def _block_v(V: int) -> int:
     return min(64, max(16, triton.next_power_of_2(V)))
@@ -786,6 +908,7 @@ def chunk_fwd(
     l2norm,
     A_log,
     dt_bias,
+    version="v3",
 ):
     """Forward over (B, T, H, D) inputs; returns o, the final state and what the backward needs.
 
@@ -809,7 +932,9 @@ def chunk_fwd(
     Aqk = _empty(B, T, H, C, dtype=torch.float32, device=dev)
     Akk = _empty(Aqk.shape, dtype=torch.float32, device=dev) if delta else None
     NS = C // BC
-    intra_kernel[(NC, NS * (NS + 1) // 2, H)](
+    v3 = version == "v3"
+    NB = NS * (NS + 1) // 2
+    intra_kernel[(NB, NC, H) if v3 else (NC, NB, H)](
         q,
         k,
         G,
@@ -823,6 +948,7 @@ def chunk_fwd(
         rk,
         BC=BC,
         USE_DELTA=delta,
+        FAST_DIAG=v3,
         **common,
         **HEAVY,
     )
@@ -871,8 +997,9 @@ def chunk_fwd(
 
 
 def chunk_bwd(
-    q, k, v, g, beta, scale, initial_state, cu_seqlens, gate, delta, C, saved, do, dht, l2norm, A_log, dt_bias
-):
+    q, k, v, g, beta, scale, initial_state, cu_seqlens, gate, delta, C, saved, do, dht, l2norm, A_log, dt_bias,
+    version="v3",
+):  # fmt: skip
     """Gradients of q, k, v, g, beta, the initial state, A_log and dt_bias (the last two None without them)."""
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -901,17 +1028,22 @@ def chunk_bwd(
     dAkk = _empty(Aqk.shape, dtype=torch.float32, device=dev) if delta else None
     local_bwd_kernel[(NC, H)](
         q, k, v, beta, G, Akk, M, w, u, h, vn, dh, dvn, do, dq, dk, dv, dG, dbeta, dAqk, dAkk,
-        cu_seqlens, chunk_indices, scale, T, rq, rk, V=V, BV=BV, USE_DELTA=delta, **common, **HEAVY,
+        cu_seqlens, chunk_indices, scale, T, rq, rk, V=V, BV=BV, USE_DELTA=delta, LATE_LOADS=version == "v3",
+        **common, **HEAVY,
     )  # fmt: skip
     dg = _empty(G.shape, dtype=torch.float32, device=dev)
     gate_act = A_log is not None
     # per-chunk partial sums of the gradients of A_log and dt_bias
     dA_part = _empty(NC, H, dtype=torch.float32, device=dev) if gate_act else None
     db_part = _empty(NC, *dt_bias.shape, dtype=torch.float32, device=dev) if gate_act else None
+    # v3 writes the final dq, dk in q's and k's dtype (v2: float32, then two cast kernels)
+    dqo = _empty(q.shape, dtype=q.dtype, device=dev) if version == "v3" else dq
+    dko = _empty(k.shape, dtype=k.dtype, device=dev) if version == "v3" else dk
     # BG: tokens per step of the diagonal blocks; 2 and 4 spill registers at K = 128 (sm_90, Triton 3.6)
     intra_bwd_kernel[(NC, H)](
-        q, k, G, dAqk, dAkk, dq, dk, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias,
-        dA_part, db_part, BC=BC, USE_DELTA=delta, GATE_ACT=gate_act, BG=1, **common, **HEAVY,
+        q, k, G, dAqk, dAkk, dq, dk, dqo, dko, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias,
+        dA_part, db_part, BC=BC, USE_DELTA=delta, GATE_ACT=gate_act, BG=1, FAST_DIAG=version == "v3", **common,
+        **HEAVY,
     )  # fmt: skip
     dbeta = None if dbeta is None else dbeta.to(beta.dtype)
     if dh0 is not None:
@@ -919,7 +1051,7 @@ def chunk_bwd(
     dA_log = ddt_bias = None
     if gate_act:
         dA_log, ddt_bias = dA_part.sum(0).to(A_log.dtype), db_part.sum(0).to(dt_bias.dtype)
-    return dq.to(q.dtype), dk.to(k.dtype), dv, dg.to(g.dtype), dbeta, dh0, dA_log, ddt_bias
+    return dqo.to(q.dtype), dko.to(k.dtype), dv, dg.to(g.dtype), dbeta, dh0, dA_log, ddt_bias
 
 
 class ChunkGatedDeltaRule(torch.autograd.Function):
@@ -930,16 +1062,16 @@ class ChunkGatedDeltaRule(torch.autograd.Function):
     ):  # fmt: skip
         o, ht, saved = chunk_fwd(
             q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, gate, delta, C, l2norm, A_log,
-            dt_bias,
+            dt_bias, VERSION,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, *saved)
-        ctx.config = (scale, gate, delta, C, l2norm)
+        ctx.config = (scale, gate, delta, C, l2norm, VERSION)
         return o, ht
 
     @staticmethod
     def backward(ctx, do, dht):
         q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, *saved = ctx.saved_tensors
-        scale, gate, delta, C, l2norm = ctx.config
+        scale, gate, delta, C, l2norm, version = ctx.config
         grads = chunk_bwd(
             q,
             k,
@@ -958,6 +1090,7 @@ class ChunkGatedDeltaRule(torch.autograd.Function):
             l2norm,
             A_log,
             dt_bias,
+            version,
         )
         dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias = grads
         return dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias, *[None] * 7
@@ -987,6 +1120,8 @@ def chunk_gated_delta_rule_triton(
     """
     if chunk_size not in (16, 32, 64):
         raise ValueError(f"the Triton path takes chunk_size 16, 32 or 64, got {chunk_size}")
+    if VERSION not in VERSIONS:
+        raise ValueError(f"HARNESS_GDR_KERNELS='{VERSION}': expected one of {', '.join(VERSIONS)}")
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     q, k, v, g = (x.contiguous() for x in (q, k, v, g))
     beta = None if beta is None else beta.contiguous()

@@ -78,6 +78,26 @@ def test_triton_bf16_at_real_shapes(gate, delta):
     assert_within_table(result, ref)
 
 
+@pytest.mark.parametrize("delta", [True, False])
+@pytest.mark.parametrize("version", ["v2", "v3"])
+def test_triton_per_channel_gates_on_both_sides_of_the_diagonal_span(delta, version):
+    """Real head size; half the heads forget fast in half their channels (about -12.5 per token: v3's diagonal
+    blocks take the exact loop there, the matrix product elsewhere); the previous kernels (v2) as well."""
+    from kernels.gated_delta_rule.chunk_triton import kernels_version
+
+    cpu = make_inputs(1, 333, 4, 128, 128, "channel", delta, dtype=torch.float32, seed=11)
+    g = cpu["g"].detach().clone()
+    g[:, :, ::2, ::2] = -13.0 + torch.rand(
+        g[:, :, ::2, ::2].shape, generator=torch.Generator().manual_seed(2)
+    )
+    cpu["g"] = g
+    low, high = on_cuda(cpu)
+    ref = run_with_grads(chunk_gated_delta_rule_torch, high, "channel", delta)
+    with kernels_version(version):
+        result = run_with_grads(gated_delta_rule, low, "channel", delta, impl="triton")
+    assert_within_table(result, ref)
+
+
 @pytest.mark.parametrize("gate,delta", FAMILY)
 def test_triton_varlen_on_cuda(gate, delta):
     lengths = [100, 1, 300, 77, 64]

@@ -139,6 +139,36 @@ def test_strong_channel_decay_does_not_overflow():
     assert all(torch.isfinite(x).all() for x in grads.values())
 
 
+@pytest.mark.parametrize("delta", [True, False])
+def test_per_channel_diagonal_blocks_past_the_matrix_product_span(delta):
+    """A diagonal block is a matrix product while its gates span at most DIAG_SPAN, else the exact loop: one head
+    forgets fast in half its channels (about -12.5 per token, spans near 190 over 16 tokens: the product's factors
+    e^{+-95} would overflow float32), the other slowly."""
+    from kernels.gated_delta_rule.chunk_triton import DIAG_SPAN
+
+    inputs = lowered(make_inputs(1, 45, 2, 16, 24, "channel", delta, seed=9), torch.float32)
+    g = inputs["g"].detach().clone()
+    g[:, :, 0, ::2] = -13.0 + torch.rand(g[:, :, 0, ::2].shape, generator=torch.Generator().manual_seed(1))
+    spans = -g[0, :15].sum(0)  # the first diagonal block's span, per (head, channel)
+    assert spans[0].max() > DIAG_SPAN.value and spans[1].max() < DIAG_SPAN.value
+    inputs["g"] = g.requires_grad_(True)
+    ref = run_with_grads(gated_delta_rule_ref, inputs, "channel", delta)
+    tri = run_with_grads(gated_delta_rule, inputs, "channel", delta, impl="triton", chunk_size=32)
+    assert_close(tri, ref, TOLERANCE[torch.float32])
+
+
+@pytest.mark.parametrize("gate,delta", FAMILY)
+def test_kernel_versions_agree(gate, delta):
+    """The previous kernels (v2, kept for the benchmark's before/after) and the current ones: same results."""
+    from kernels.gated_delta_rule.chunk_triton import kernels_version
+
+    inputs = lowered(make_inputs(1, 37, 2, 16, 24, gate, delta, seed=3), torch.float32)
+    new = run_with_grads(gated_delta_rule, inputs, gate, delta, impl="triton", chunk_size=32)
+    with kernels_version("v2"):
+        old = run_with_grads(gated_delta_rule, inputs, gate, delta, impl="triton", chunk_size=32)
+    assert_close(new, old, 1e-5)
+
+
 def test_auto_resolves_by_device_and_triton_on_cpu_needs_the_interpreter(monkeypatch):
     assert resolve_impl("auto", "cpu") == "torch"
     assert resolve_impl("auto", "cuda") == "triton"
