@@ -868,7 +868,9 @@ HEAVY = dict(num_warps=8, num_stages=2)
 # HARNESS_GDR_KERNELS picks the default; `kernels_version` switches it for a block of calls (the backward runs the
 # version its forward ran).
 VERSIONS = ("v2", "v3")
-VERSION = os.environ.get("HARNESS_GDR_KERNELS", "v3")
+# v2 stays the default until v3's GPU tests have passed on Triton 3.6 (not yet run: no device time was left when
+# v3 was written); `harness bench kernels` times both either way
+VERSION = os.environ.get("HARNESS_GDR_KERNELS", "v2")
 
 
 @contextlib.contextmanager
