@@ -11,7 +11,8 @@ then `--steps` timed steps (evaluation excluded, as the history's tokens_per_s).
 reused for every packed measurement) pass a barrier after their warm-up, so their timed steps overlap; the total
 is the sum of their rates. Measurements run alone first, then packed, in the order of CASES, each pair (eager,
 graph) together; once --budget-s has passed no new one starts, and what was skipped is listed. Writes
-step_speed.json (every measurement) and step_speed.md (the table) to --out.
+step_speed.jsonl (a line per measurement as it is made, so a run cut off keeps them), then step_speed.json (every
+measurement) and step_speed.md (the table) to --out.
 """
 
 from __future__ import annotations
@@ -215,17 +216,25 @@ def main() -> None:
     print(f"{len(cases)} cells on {name}, budget {args.budget_s:.0f} s", flush=True)
 
     rows: list[dict[str, Any]] = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    lines = args.out / "step_speed.jsonl"  # each measurement as it is made: a run cut off keeps what it measured
+
+    def record(row: dict[str, Any]) -> None:
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+        with lines.open("a") as file:
+            file.write(json.dumps(row) + "\n")
+
     for case in cases:
         for mode in modes:
             base = dict(cell=case.name, mode=mode, packing=1)
             if time.time() > deadline:
-                rows.append(base | dict(error="skipped (budget)"))
+                record(base | dict(error="skipped (budget)"))
                 continue
             try:
-                rows.append(base | measure(case, mode, args.warmup, args.steps, device))
+                record(base | measure(case, mode, args.warmup, args.steps, device))
             except Exception as err:  # noqa: BLE001 - a failed measurement is a row; the others go on
-                rows.append(base | dict(error=f"{type(err).__name__}: {err}"))
-            print(json.dumps(rows[-1]), flush=True)
+                record(base | dict(error=f"{type(err).__name__}: {err}"))
     if device == "cuda":
         torch.cuda.empty_cache()  # the packed processes want the memory
 
@@ -237,11 +246,9 @@ def main() -> None:
             got = results.get(index, [])
             errors = [r["error"] for r in got if "error" in r]
             if errors or len(got) < args.packed:
-                rows.append(
-                    base | dict(error=errors[0] if errors else "not run (budget, or a failure before)")
-                )
+                record(base | dict(error=errors[0] if errors else "not run (budget, or a failure before)"))
             else:
-                rows.append(
+                record(
                     base
                     | dict(
                         tokens_per_s=sum(r["tokens_per_s"] for r in got),
@@ -252,9 +259,7 @@ def main() -> None:
                         peak_memory_gib=max(r["peak_memory_gib"] for r in got),
                     )
                 )
-            print(json.dumps(rows[-1]), flush=True)
 
-    args.out.mkdir(parents=True, exist_ok=True)
     header = dict(device=name, torch=torch.__version__, warmup=args.warmup, steps=args.steps)
     (args.out / "step_speed.json").write_text(json.dumps(dict(header, rows=rows), indent=1))
     markdown = f"# Training-step speed on {name}\n\n" + table(rows, args.packed)
