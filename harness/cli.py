@@ -24,9 +24,11 @@ The commands import what they need when they run (torch, transformers, lm-eval t
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -153,6 +155,13 @@ def run(
         str | None,
         typer.Option(help="Run stored cells of these statuses again (failed,oom,diverged); old rows kept."),
     ] = None,
+    stop_starting_after: Annotated[
+        float | None,
+        typer.Option(
+            help="Start no cell after this many seconds; finish the running ones and leave the rest to the next "
+            "run (jobs of limited length)."
+        ),
+    ] = None,
 ) -> None:
     """Train and evaluate every model on every cell of a suite; print the results table. Exits 1 if a cell failed
     (status failed or oom) or did not finish (it runs again next time)."""
@@ -167,6 +176,11 @@ def run(
         raise HarnessError(
             "--estimate-for goes with --dry-run (it estimates the cost of cells it does not run)"
         )
+    if stop_starting_after is not None and not (
+        stop_starting_after >= 0 and math.isfinite(stop_starting_after)
+    ):
+        raise HarnessError(f"--stop-starting-after takes seconds (0 or more), got {stop_starting_after}")
+    started = time.monotonic()
     retried = _split(retry or "")
     if unknown := [s for s in retried if s not in STATUSES or s == "ok"]:
         raise HarnessError(f"--retry takes statuses failed, oom, diverged; got '{unknown[0]}'")
@@ -226,10 +240,16 @@ def run(
             wandb=WandbOptions(project=wandb_project, dir=out) if wandb else None,
             retry=retried,
             on_unfinished=unfinished,
+            start_until=None if stop_starting_after is None else started + stop_starting_after,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
-    typer.echo(f"\n{outcome.ran} cell(s) run, {outcome.skipped} already in {out}/ and skipped.\n")
+    later = (
+        f", {outcome.not_started} not started (--stop-starting-after): the next `harness run` runs them"
+        if outcome.not_started
+        else ""
+    )
+    typer.echo(f"\n{outcome.ran} cell(s) run, {outcome.skipped} already in {out}/ and skipped{later}.\n")
     rows = store.read(cell.id for cell in cells)
     order = list(dict.fromkeys(cell.model_name for cell in cells))
     typer.echo(write_report(rows, store, out / "report", spec.suite, model_order=order))

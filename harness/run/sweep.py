@@ -198,6 +198,8 @@ class SweepOutcome:
     unfinished: dict[str, str] = dataclasses.field(default_factory=dict)
     """Cells that could not run to their end for a reason outside them (their worker died, ...): not stored,
     so that the next sweep runs them again; cell id -> the reason."""
+    not_started: int = 0
+    """Cells left for the next sweep because `start_until` had passed before their turn."""
 
 
 def run_cells(
@@ -213,6 +215,7 @@ def run_cells(
     wandb: WandbOptions | None = None,
     retry: Collection[str] = (),
     on_unfinished: Callable[[Cell, str], None] | None = None,
+    start_until: float | None = None,
 ) -> SweepOutcome:
     """Run the cells that are not in the store yet.
 
@@ -227,6 +230,10 @@ def run_cells(
     Stored cells whose status is in `retry` (failed, oom, diverged) run again; their earlier rows move to
     cells/history/. A cell that fails for a reason outside it is not stored (`on_unfinished` hears of it) and
     runs again next time, except that a full disk stops the sweep with a HarnessError: every cell would fail.
+
+    `start_until` (a time.monotonic() value): no cell starts after it; the sweep ends when the cells running then
+    have finished, and leaves the rest to the next sweep. For jobs of limited length (preemptible machines, a
+    scheduler's wall-time limit) whose cells cannot resume elsewhere: a cell killed halfway is work lost.
     """
     launcher = launcher or InProcess()
     store.tidy()
@@ -240,6 +247,11 @@ def run_cells(
     told = False
     try:
         while todo or leases:
+            if start_until is not None and time.monotonic() >= start_until:
+                outcome.not_started += len(todo)
+                todo = []
+                if not leases:
+                    break
             waiting = []
             for cell in todo:
                 if len(leases) >= launcher.slots:

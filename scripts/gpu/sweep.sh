@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One device call's share of a GPU sweep that is longer than one call: unpack the store carried in (if any), run the
-# sweep until a deadline, pack the store for the next call. A cell cut off by the deadline runs again, from step 0,
-# in the next call; finished cells are never run twice (harness run skips what its store holds).
+# sweep until a deadline, pack the store for the next call. No cell starts after START_FOR seconds (default: half of
+# SECONDS), so that the cells running then can finish; a cell still cut off by the deadline runs again, from step 0,
+# in the next call (its checkpoints would not fit the call's transfer limits); finished cells are never run twice
+# (harness run skips what its store holds).
 #
 #   scripts/gpu/sweep.sh NAME SECONDS harness-run-arguments...
 #
@@ -22,7 +24,8 @@ mkdir -p "$out"
 [ -f "carry/$name.tgz" ] && bash scripts/store_tar.sh unpack "carry/$name.tgz" "$store"
 start=$SECONDS
 # SIGTERM at the deadline: the sweep stops, releases its leases; what finished is in the store
-timeout -s TERM "$seconds" python3 -m harness.cli run "$@" --out "$store" --checkpoint-every off 2>&1 \
+timeout -s TERM "$seconds" python3 -m harness.cli run "$@" --out "$store" --checkpoint-every off \
+    --stop-starting-after "${START_FOR:-$((seconds / 2))}" 2>&1 \
     | grep -v "step/s" | tail -n 40
 echo "sweep: $((SECONDS - start)) s"
 bash scripts/store_tar.sh pack "$store" "$out/$name.tgz"

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import models.presets  # noqa: F401
 import tasks  # noqa: F401
-from harness.cli import app
+from harness.cli import app, main
 from harness.errors import HarnessError
 from harness.registry import MIXERS
 from harness.results.store import ResultStore
@@ -223,3 +223,28 @@ def test_a_cell_held_elsewhere_is_waited_for_then_taken_over(tmp_path):
     assert heard == [cells]
     assert time.time() - started >= 1.0 and store.done() == {cells[0].id}
     assert not math.isnan(store.read()["value"].astype(float).iloc[0])
+
+
+def test_no_cell_starts_after_start_until_and_the_next_sweep_runs_the_rest(tmp_path):
+    store = ResultStore(tmp_path)
+    cells = small_cells(lrs=(1e-3, 2e-3, 3e-3))
+    # in process, a cell runs to its end inside submit(): the first starts, the deadline passes meanwhile
+    first = run_cells(cells, store, start_until=time.monotonic() + 0.05)
+    assert (first.ran, first.not_started) == (1, 2)
+    assert len(store.done()) == 1
+    rest = run_cells(cells, store)
+    assert (rest.ran, rest.skipped, rest.not_started) == (2, 1, 0)
+
+
+def test_stop_starting_after_on_the_command_line(tmp_path):
+    out = tmp_path / "runs"
+    args = ["run", "--models", "mla", "--suite", "smoke", "--out", str(out), "--lrs", "1e-3,3e-3",
+            "--set", "train.max_steps=4", "--set", "train.eval_every=2", "--set", "task.num_train=32",
+            "--set", "task.num_test=8"]  # fmt: skip
+    result = CliRunner().invoke(app, [*args, "--stop-starting-after", "0"])
+    assert result.exit_code == 0, result.output
+    assert "0 cell(s) run, 0 already in" in result.output and "2 not started" in result.output
+    with pytest.raises(SystemExit) as bad:  # through the command's error boundary: one line, exit 2
+        main([*args, "--stop-starting-after", "-1"])
+    assert bad.value.code == 2
+    assert not list(out.glob("cells/*.jsonl"))
