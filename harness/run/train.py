@@ -212,8 +212,9 @@ def train(
         else:
             loss = captured(inputs, labels, segments)
         schedule.step()
-        pending.append((step, loss, inputs.numel()))
-        window_tokens += inputs.numel()
+        tokens = math.prod(inputs.shape)  # a numpy array (corpus streams) or a tensor
+        pending.append((step, loss, tokens))
+        window_tokens += tokens
         evaluating = step % config.eval_every == 0 or step == config.max_steps
         saving = checkpointing is not None and checkpointing.due(step, time.perf_counter() - last_save)
         read = captured is None or evaluating or saving or len(pending) >= READ_EVERY
