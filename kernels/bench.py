@@ -179,7 +179,7 @@ def _kernels_version(version: str | None):
     if version is None:
         yield
         return
-    from kernels.gated_delta_rule.chunk_triton import kernels_version
+    from kernels.gated_delta_rule.chunk_triton import kernels_version  # needs Triton: only where it is timed
 
     with kernels_version(version):
         yield
