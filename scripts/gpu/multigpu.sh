@@ -4,7 +4,8 @@
 # the stores compared with `harness compare-stores`, the wall times and each cell's GPU in a summary.
 #
 #   scripts/gpu/multigpu.sh            on the GPU machine (N from nvidia-smi)
-#   scripts/gpu/multigpu.sh --quick    here, on the CPU: 2 pool workers / 2 Ray CPUs instead of GPUs, a few steps
+#   scripts/gpu/multigpu.sh --quick    here, on the CPU: 2 pool workers / 2 Ray CPUs instead of GPUs, 8 MLA cells
+#                                      of 16 steps (PYTHON=.venv/bin/python; about 3 minutes on 2 cores)
 #
 # stages (each store under $WORK/, each wall time in the summary)
 #   one        CUDA_VISIBLE_DEVICES=0, --launcher pool --cells-per-gpu 4            (the reference)
@@ -56,7 +57,7 @@ $python -c "import ray" 2>/dev/null && ray_ok=1
 
 if [ $quick = 1 ]; then
   gpus=0 kind="CPU (quick mode)" where="2 CPU workers"
-  sweep=(--models mla --suite smoke --lrs 1e-3,3e-3 --seeds 0,1 --device cpu
+  sweep=(--models mla --suite smoke --lrs 1e-3,3e-3 --seeds 0,1,2,3 --device cpu
          --set train.max_steps=${STEPS:-16} --set train.eval_every=8 --set train.batch_size=16
          --set task.num_train=320 --set task.num_test=32 --set train.target_accuracy=none)
   one=(--launcher pool --workers 2) all=(--launcher pool --workers 2) ray=(--launcher ray --workers 2)
@@ -77,7 +78,7 @@ sweep_cmd() { harness run "${sweep[@]}" --checkpoint-every off --out "$@"; }
 {
   echo "# Several GPUs: one sweep on 1 GPU and on $where, pool and Ray, workers killed ($(date -u +%F))"
   echo
-  echo "machine: $kind; $(nproc) CPU cores; commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  echo "machine: $kind; $(getconf _NPROCESSORS_ONLN) CPU cores; commit $(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
   echo "sweep: harness run ${sweep[*]} --checkpoint-every off"
   echo "tolerance of the comparisons: $tol (absolute)"
   echo
@@ -209,7 +210,8 @@ if [ $ray_ok = 1 ] && want ray-kill && time_left 120 ray-kill; then
     sweep_pid=$!
     raylet=$(pgrep -f -- "raylet/raylet .*$ray_temp/" | head -n1)
     wait_for_cells "$work/$name" 2 $sweep_pid 150
-    task=$(ps -o pid=,args= --ppid "$raylet" 2>/dev/null | awk '/ray::_ray_run_cell/ {print $1; exit}')
+    # a worker of our raylet while it runs a cell (Ray names a worker after the task it runs)
+    task=$(pgrep -P "$raylet" -f "^ray::_ray_run_cell" | head -n1)
     if [ -n "$task" ]; then
       kill -KILL "$task" && notes+=("ray-kill: task worker pid $task SIGKILLed after $(done_cells "$work/$name") cell(s)")
     else
