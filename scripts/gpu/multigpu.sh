@@ -129,6 +129,8 @@ row() {  # stage, how, wall, exit
   bash scripts/store_tar.sh pack "$work/$1" "$out/$1.tgz" > /dev/null || true
 }
 
+# a time limit of at most $1 s that ends by the deadline (+60 s), and never under 10 s
+cap() { local left=$((deadline + 60 - SECONDS)); ((left > $1)) && left=$1; echo $((left < 10 ? 10 : left)); }
 want() { [[ " ${STAGES:-one pool ray pool-kill ray-kill} " == *" $1 "* ]]; }
 time_left() { [ $((deadline - SECONDS)) -ge "$1" ] || { notes+=("$2 skipped: under $1 s left"); return 1; }; }
 
@@ -139,7 +141,7 @@ run_stage() {  # name, how, limit seconds, env..., -- harness-run-options...
   while [ "$1" != "--" ]; do envs+=("$1"); shift; done
   shift
   echo "== $name: $how"
-  env "${envs[@]}" timeout -s TERM "$limit" $python -m harness.cli run "${sweep[@]}" --checkpoint-every off \
+  env "${envs[@]}" timeout -s TERM "$(cap "$limit")" $python -m harness.cli run "${sweep[@]}" --checkpoint-every off \
     --out "$work/$name" "$@" 2>&1 | grep -v "step/s" | tail -n 8
   code=${PIPESTATUS[0]}
   row "$name" "$how" $((SECONDS - start)) "$code"
@@ -182,7 +184,7 @@ if want pool-kill && time_left 90 pool-kill; then
   kill $watchdog 2>/dev/null
   grep -v "step/s" "$work/$name.first.log" | tail -n 6
   echo "first run exit $first; resuming"
-  timeout -s TERM 150 $python -m harness.cli run "${sweep[@]}" --checkpoint-every off --out "$work/$name" \
+  timeout -s TERM "$(cap 150)" $python -m harness.cli run "${sweep[@]}" --checkpoint-every off --out "$work/$name" \
     "${all[@]}" 2>&1 | grep -v "step/s" | tail -n 6
   row "$name" "pool as above, a worker SIGKILLed, resumed" $((SECONDS - start)) "$first, ${PIPESTATUS[0]}"
 fi
@@ -228,7 +230,7 @@ if [ $ray_ok = 1 ] && want ray-kill && time_left 120 ray-kill; then
     echo "first run exit $first; Ray started again, resuming"
     ray_up
     ray_args=(--launcher ray --cells-per-gpu 4 --ray-address "127.0.0.1:$ray_port")
-    timeout -s TERM 180 $python -m harness.cli run "${sweep[@]}" --checkpoint-every off --out "$work/$name" \
+    timeout -s TERM "$(cap 180)" $python -m harness.cli run "${sweep[@]}" --checkpoint-every off --out "$work/$name" \
       "${ray_args[@]}" 2>&1 | grep -v "step/s" | tail -n 6
     second=${PIPESTATUS[0]}
     ray_down
