@@ -5,6 +5,7 @@
     harness run --suite kimi --scale paper --models kda,mla --dry-run --estimate-for "NVIDIA H200"
     harness status --out runs
     harness report --out runs
+    harness compare-stores runs/one-gpu runs/two-gpus --tolerance 0.01
     harness size --models kda,gdn,mla --params 1M --tolerance 0.05
     harness list
     harness bench kernels --out results/kernels-h100
@@ -458,6 +459,24 @@ def _report_dir(out: Path, given: Path | None) -> tuple[Path | None, str]:
         None,
         f"(no files written: {default} is not writable; pass --report-dir DIR for the CSVs and figures)",
     )
+
+
+@app.command("compare-stores")
+def compare_stores(
+    a: Annotated[Path, typer.Argument(help="One results store.")],
+    b: Annotated[Path, typer.Argument(help="The other.")],
+    tolerance: Annotated[
+        float, typer.Option(help="Largest absolute difference of a value that still counts as the same.")
+    ] = 0.0,
+    limit: Annotated[int, typer.Option(help="Differences listed at most.")] = 20,
+) -> None:
+    """Match the rows of two stores by cell id, task, slice and metric: cells in both or one, the largest and mean
+    absolute differences per metric, the values beyond --tolerance. Exit 0 if the stores agree, else 1."""
+    from harness.results.compare import compare_stores as compare
+
+    comparison = compare(a, b, tolerance)
+    typer.echo(comparison.render(limit))
+    raise typer.Exit(0 if comparison.agree else 1)
 
 
 @app.command()

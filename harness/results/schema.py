@@ -57,6 +57,8 @@ class Row:
     kernel_impl: str | None = None
     dtype: str | None = None
     device: str | None = None
+    """Where the cell ran: 'cpu', or a GPU's name and which GPU of the machine ('NVIDIA H200 (GPU 1)'; rows
+    written before the GPU was named carry its name alone)."""
     git_commit: str | None = None
     git_dirty: bool | None = None
     torch: str | None = None

@@ -20,7 +20,7 @@ import torch
 from harness.config import config_hash, from_view, to_dict, without_added_defaults
 from harness.registry import MIXERS, TASKS
 from harness.results.metrics import AUXILIARY, METRICS, SLICE_METRICS
-from harness.results.provenance import device_name, git_state, library_versions
+from harness.results.provenance import device_label, git_state, library_versions
 from harness.results.schema import Row
 from harness.results.store import write_error
 from harness.run.data import cell_data
@@ -294,7 +294,7 @@ def _model_columns(model: LanguageModel, cell: Cell, device: torch.device) -> di
         non_embedding_params=model.num_params(non_embedding=True),
         kernel_impl=model.kernel_names(device),
         dtype=str(amp or torch.float32).removeprefix("torch."),
-        device=device_name(device),
+        device=device_label(device),
     )
 
 

@@ -47,7 +47,7 @@ import torch
 from harness.config import config_hash, to_dict
 from harness.errors import HarnessError, warn
 from harness.registry import TASKS
-from harness.results.provenance import REPO, device_name
+from harness.results.provenance import REPO, device_kind, device_name
 from harness.results.store import ResultStore, atomic_write, write_error
 from harness.run.cell import Cell
 from models.backbone import LanguageModel
@@ -258,7 +258,7 @@ def store_measurements(root: Path) -> list[Measurement]:
         found.append(
             Measurement.of(
                 shape_of(cell, row.get("params")),
-                device=row["device"],
+                device=device_kind(row["device"]),
                 step_s=step_s,
                 valid_s=valid_s,
                 fixed_s=max(0.0, wall - train_s),

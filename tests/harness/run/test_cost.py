@@ -108,7 +108,9 @@ def test_a_stores_cells_are_measurements(cells, tmp_path):
     steps, per_step, train_s = 100, 0.02, 3.0  # 2 s of steps, 1 s of validation over two points
     tokens = cell.train.batch_size * 64
     history = [dict(step=s, tokens=s * tokens, tokens_per_s=tokens / per_step) for s in (50, 100)]
-    row = dict(run_id=cell.id, steps=steps, tokens_seen=steps * tokens, wall_s=5.0, device=GPU, params=1000)
+    # the row names the GPU of the machine it ran on; the measurement is of the kind of GPU
+    gpu = f"{GPU} (GPU 1)"
+    row = dict(run_id=cell.id, steps=steps, tokens_seen=steps * tokens, wall_s=5.0, device=gpu, params=1000)
     ResultStore(tmp_path).write(
         cell.id, [row], dict(config=to_dict(cell), history=history, train_wall_s=train_s)
     )
