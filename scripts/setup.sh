@@ -17,10 +17,10 @@ else
 fi
 # torch first, pinned, so that nothing pulls a multi-GB CUDA build on a CPU machine; on a GPU machine
 # install the CUDA build of your choice before running this.
-python -m pip install -q "${compile[@]}" "torch==2.13.0" || python -m pip install -q "${compile[@]}" torch
+python -m pip install -q ${compile[@]+"${compile[@]}"} "torch==2.13.0" || python -m pip install -q ${compile[@]+"${compile[@]}"} torch
 if [ "${1:-}" = dev ]; then
   # ray: the --launcher ray test runs on a local Ray instance (about 35 s to install, 80 MB)
   python -m pip install -q -e ".[dev,ray]"
 else
-  python -m pip install -q "${compile[@]}" -e .
+  python -m pip install -q ${compile[@]+"${compile[@]}"} -e .
 fi
