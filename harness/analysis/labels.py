@@ -49,6 +49,16 @@ def bytes_text(n: float) -> str:
     return f"{n:.0f} B"
 
 
+def duration_text(seconds: float) -> str:
+    """4000 -> '1h06m', 754 -> '12m34s', 42 -> '42s'."""
+    seconds = max(0, round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    if seconds >= 60:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds}s"
+
+
 def base_label(model: object, preset: object) -> str:
     """'kda' at size 'kimi-synth' -> 'kda@kimi-synth'; just the model where there is no size (lm-eval rows of
     other models)."""

@@ -44,6 +44,7 @@ from typing import Any, Literal
 
 import torch
 
+from harness.analysis.labels import duration_text
 from harness.config import config_hash, to_dict
 from harness.errors import HarnessError, warn
 from harness.registry import TASKS
@@ -396,7 +397,7 @@ def cost_report(
         hours = f"{sum(seconds) / 3600:.2f}" if seconds else "?"
         if count["unknown"] and seconds:
             hours += "+?"
-        longest = _duration(max(seconds)) if seconds else "?"
+        longest = duration_text(max(seconds)) if seconds else "?"
         label = name if name is not None else "**all**"
         lines.append(
             f"| {label} | {len(group)} | {count['measured']} | {count['extrapolated']} | {count['unknown']} | {hours} | {longest} |"
@@ -442,18 +443,20 @@ def _wall_lines(
     if plan.launcher == "ray":
         where = "the cluster (divide by its GPUs)"
     elif plan.launcher == "inprocess":
-        return [f"wall time: {_duration(sum(known))} one cell at a time"]
+        return [f"wall time: {duration_text(sum(known))} one cell at a time"]
     total = sum(known) / plan.gpus
     if packing == 1:
-        return [f"wall time: {_duration(max(total, max(known)))} on {where}, one cell per GPU"]
+        return [f"wall time: {duration_text(max(total, max(known)))} on {where}, one cell per GPU"]
     if all(p.seconds is not None for p, a in zip(packed, alone, strict=True) if a.seconds is not None):
         together = [p.seconds for p, a in zip(packed, alone, strict=True) if a.seconds is not None]
         wall = max(sum(together) / packing / plan.gpus, max(together))
-        return [f"wall time: {_duration(wall)} on {where}, {packing} cells at once (from packed step times)"]
+        return [
+            f"wall time: {duration_text(wall)} on {where}, {packing} cells at once (from packed step times)"
+        ]
     low, high = max(total / packing, max(known)), max(total, max(known))
     return [
-        f"wall time: between {_duration(low)} (if packing slows no cell) and"
-        f" {_duration(high)} (if packing gains nothing) on {where}: packed step times are not measured for every"
+        f"wall time: between {duration_text(low)} (if packing slows no cell) and"
+        f" {duration_text(high)} (if packing gains nothing) on {where}: packed step times are not measured for every"
         f" shape (`harness bench steps --cells-per-gpu {packing}` measures them)"
     ]
 
@@ -472,15 +475,6 @@ def _short(path: Path) -> str:
     with contextlib.suppress(ValueError):
         return str(path.resolve().relative_to(Path.cwd()))
     return str(path)
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, round(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
 
 
 def measurements_for(out: Path) -> list[Measurement]:

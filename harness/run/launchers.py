@@ -160,7 +160,7 @@ class Pool:
                     cause = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
                     message = f"worker process died while running the cell ({cause})"
                     finished.append((worker.cell, *environment_failure(message)))
-                    worker.cell = None
+                    worker.cell = worker.options = None
             self._dispatch()
             if finished or time.monotonic() >= deadline:
                 return finished

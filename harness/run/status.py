@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.analysis.labels import duration_text
 from harness.errors import warn
 from harness.results.store import ResultStore, read_plan
 
@@ -86,7 +87,7 @@ def status_table(out: Path, suite: str | None = None) -> str:
     table["eta"] = [_eta(sweep) for sweep in progress]
     text = table.to_markdown(index=False)
     lines = [
-        f"  {cell['label']}  ({cell['host']} pid {cell['pid']}, {_duration(now - cell['since'])} so far)"
+        f"  {cell['label']}  ({cell['host']} pid {cell['pid']}, {duration_text(now - cell['since'])} so far)"
         for sweep in progress
         for cell in sweep["running_cells"]
         if cell["since"] is not None
@@ -99,13 +100,4 @@ def _eta(sweep: dict) -> str:
         return "-"
     if sweep["eta_s"] is None:
         return "?"  # no finished cell to time yet
-    return _duration(sweep["eta_s"]) + ("" if sweep["running"] else " (not running)")
-
-
-def _duration(seconds: float) -> str:
-    seconds = max(0, int(seconds))
-    if seconds >= 3600:
-        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
-    if seconds >= 60:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds}s"
+    return duration_text(sweep["eta_s"]) + ("" if sweep["running"] else " (not running)")
