@@ -51,7 +51,9 @@ DEVICE = "cuda"
 # op -> (gate, delta); "ssd" is Mamba2's form (scalar gate, no delta rule)
 OPS = {"kda": ("channel", True), "gdn": ("scalar", True), "ssd": ("scalar", False)}
 # Seconds: one (op, impl, shape) row; the warm subprocesses all together; one in-process warm-up.
-ROW_BUDGET_S, WARM_BUDGET_S, WARMUP_BUDGET_S = 15.0, 120.0, 60.0
+# fla's KDA took 71 s to autotune in-process with its kernels compiled (H200, 2026-12-02): the in-process budget
+# leaves it room (the budget cannot interrupt a compilation, only the Python between them)
+ROW_BUDGET_S, WARM_BUDGET_S, WARMUP_BUDGET_S = 15.0, 120.0, 150.0
 
 
 @dataclass
@@ -280,28 +282,42 @@ def _time(run, op, B, T, H, refused: str) -> tuple[float | None, float | None, s
     return fwd, fwdbwd, "; ".join(notes)
 
 
-def warm_caches(ops: list[str], impls: list[str], shapes, timeout_s: float = WARM_BUDGET_S) -> str:
-    """One subprocess per (op, impl) runs every shape once (filling Triton's disk caches), all at once."""
+def warm_caches(
+    ops: list[str], impls: list[str], shapes, timeout_s: float = WARM_BUDGET_S
+) -> tuple[str, set[tuple[str, str]]]:
+    """One subprocess per (op, impl) runs every shape once (filling Triton's disk caches), all at once. Returns
+    the report and the (op, impl) pairs killed at the budget: those are not cached, and compiling them in the
+    benchmark's process (fla's KDA compiles and autotunes for minutes) would stall every row after them."""
     procs = []
     for op in ops:
         for impl in impls:
             cmd = [sys.executable, "-m", "kernels.bench", "warm", op, impl, json.dumps(shapes)]
             # autotuning on a shared GPU would pick configurations by contended timings: cache compilation only
             env = dict(os.environ, FLA_CACHE_RESULTS="0")
-            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+            # a session of its own: killing it at the budget kills what it started too (compilers), so that
+            # nothing keeps its output pipe open
+            proc = subprocess.Popen(
+                cmd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                env=env,
+                start_new_session=True,
+            )
             procs.append((op, impl, proc))
     deadline = time.time() + timeout_s
-    report = []
+    report, unwarmed = [], set()
     for op, impl, proc in procs:
         try:
             out, _ = proc.communicate(timeout=max(1.0, deadline - time.time()))
             tail = out.strip().splitlines()[-1:] if proc.returncode else []
             report.append(f"{op}/{impl}: rc {proc.returncode}{' ' + tail[0][:100] if tail else ''}")
         except subprocess.TimeoutExpired:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
             report.append(f"{op}/{impl}: killed at the warm budget")
-    return "; ".join(report)
+            unwarmed.add((op, impl))
+    return "; ".join(report), unwarmed
 
 
 def _warm_main(op: str, impl: str, shapes: list) -> None:
@@ -324,6 +340,14 @@ class Writer:
         print(_markdown([row], header=len(self.rows) == 1), flush=True)
         self.save()
 
+    def by_shape(self) -> list[Row]:
+        """The rows in the order of the tables: by shape as first timed, then op, then implementation."""
+        first = {}
+        for index, row in enumerate(self.rows):
+            first.setdefault((row.B, row.T, row.H), index)
+            first.setdefault(row.op, index)
+        return sorted(self.rows, key=lambda r: (first[r.B, r.T, r.H], first[r.op]))
+
     def save(self) -> None:
         data = {
             "ceilings": self.ceilings,
@@ -332,7 +356,7 @@ class Writer:
             "rows": [asdict(r) for r in self.rows],
         }
         (self.out / "kernels.json").write_text(json.dumps(data, indent=1))
-        text = _summary(self.ceilings) + "\n\n" + _markdown(self.rows) + "\n"
+        text = _summary(self.ceilings) + "\n\n" + _markdown(self.by_shape()) + "\n"
         for name, value in self.extra.items():
             if isinstance(value, str):
                 text += f"\n{name}: {value}\n"
@@ -354,51 +378,88 @@ def bench_kernels(
     ops, shapes = ops or list(OPS), [_full_shape(s) for s in (shapes or SHAPES)]
     impls = _impls(torch_path, only)
     started = time.time()
-    warm_report = ""
+    warm_report, unwarmed = "", set()
     if warm:
-        warm_report = warm_caches(ops, _compiled(impls), shapes, warm_budget_s)
+        warm_report, unwarmed = warm_caches(ops, _compiled(impls), shapes, warm_budget_s)
         print(f"warm ({time.time() - started:.0f} s): {warm_report}", flush=True)
     ceilings = measure_ceilings()
     print(_summary(ceilings), flush=True)
     writer = Writer(out, ceilings)
     writer.extra["warm"] = warm_report
-    refused = {}
-    # in-process warm-up: loads the compiled kernels, and learns which backward passes are refused
+    refused: dict[tuple[str, str], str] = {}
+    skipped: dict[tuple[str, str], str] = {}  # not timed: their rows carry the reason
     for op in ops:
-        for name, run in impls.items():
-            if name == "sdpa-flash":
-                continue
-            start = time.time()
-            try:
-                with budget(WARMUP_BUDGET_S):
-                    refused[op, name] = _once(run, op, *shapes[0])
-            except Exception as error:  # noqa: BLE001 - over budget or failing: its rows say so
-                refused[op, name] = f"warm-up failed: {str(error).splitlines()[0][:80]}"
-            print(f"warm-up {op}/{name}: {time.time() - start:.1f} s {refused[op, name]}", flush=True)
-    for i, (B, T, H) in enumerate(shapes):
-        for op in [*ops, "sdpa"]:
-            for name, run in impls.items():
+        for name in _compiled(impls):
+            if (op, name) in unwarmed:
+                skipped[op, name] = f"not compiled within the {warm_budget_s:.0f} s warm budget"
+
+    def warm_up(op: str, name: str) -> None:
+        """In-process warm-up before the first row of (op, name), not of all of them first: a slow one (fla's KDA
+        autotunes for over a minute) delays its own rows, not those already timed. Loads the compiled kernels and
+        learns whether the backward is refused."""
+        if (op, name) in refused or (op, name) in skipped or name == "sdpa-flash":
+            return
+        start = time.time()
+        try:
+            with budget(WARMUP_BUDGET_S):
+                refused[op, name] = _once(impls[name], op, *shapes[0])
+        except Exception as error:  # noqa: BLE001 - over budget or failing: its rows say so
+            refused[op, name] = f"warm-up failed: {str(error).splitlines()[0][:80]}"
+        print(f"warm-up {op}/{name}: {time.time() - start:.1f} s {refused[op, name]}", flush=True)
+
+    # fla last (its warm-up is the slow one), each implementation at every shape before the next: a run cut off
+    # keeps every row of what came before; the tables list rows by shape all the same
+    order = sorted(impls, key=lambda name: name.startswith("fla"))
+    for name in order:
+        for i, (B, T, H) in enumerate(shapes):
+            for op in [*ops, "sdpa"]:
                 if (op == "sdpa") != (name == "sdpa-flash") or (name == "torch" and i > 0):
                     # the PyTorch path is 5-10x slower and its Python loop over chunks grows with T: one shape
                     continue
-                writer.add(_row(op, name, B, T, H, run, ceilings, refused.get((op, name), ""), row_budget_s))
-        if i == 0 and profile:
-            # before the longer shapes, so that a run cut short still has it
-            _write_profile(out, ops, impls, refused, shapes[0])
+                if (op, name) in skipped:
+                    writer.add(_untimed_row(op, name, B, T, H, ceilings, skipped[op, name]))
+                    continue
+                warm_up(op, name)
+                row = _row(
+                    op, name, B, T, H, impls[name], ceilings, refused.get((op, name), ""), row_budget_s
+                )
+                writer.add(row)
+    if profile:
+        _write_profile(out, ops, impls, refused, shapes[0], set(skipped))
     writer.extra["bench_s"] = round(time.time() - started, 1)
     writer.save()
     return writer.rows
 
 
-def _write_profile(out: Path, ops, impls, refused, shape) -> None:
+def _write_profile(out: Path, ops, impls, refused, shape, skipped=frozenset()) -> None:
     compiled = {n: impls[n] for n in _compiled(impls)}
-    tables = profile_kernels(ops, compiled, refused, shape)
+    tables = profile_kernels(ops, compiled, refused, shape, skipped)
     text = "\n\n".join(_profile_markdown(t) for t in tables)
     print(text, flush=True)
     (out / "profile.md").write_text(
         f"Device time per kernel at B×T×H = {shape[0]}×{shape[1]}×{shape[2]}\n\n" + text + "\n"
     )
     (out / "profile.json").write_text(json.dumps(tables, indent=1))
+
+
+def _untimed_row(op, name, B, T, H, ceilings, note) -> Row:
+    floor_ms = _floor_bytes(op, B, T, H) / ceilings["bandwidth_Bps"] * 1e3
+    return Row(
+        op=op,
+        impl=name,
+        B=B,
+        T=T,
+        H=H,
+        fwd_ms=None,
+        fwdbwd_ms=None,
+        tokens_per_s=None,
+        fwd_floor_ms=floor_ms,
+        fwd_gbps=None,
+        fwd_bw_frac=None,
+        fwd_tflops=None,
+        fwd_flop_frac=None,
+        note=note,
+    )
 
 
 def _row(op, name, B, T, H, run, ceilings, refused, row_budget_s) -> Row:
@@ -429,12 +490,14 @@ def _row(op, name, B, T, H, run, ceilings, refused, row_budget_s) -> Row:
     )
 
 
-def profile_kernels(ops, impls, refused, shape) -> list[dict]:
+def profile_kernels(ops, impls, refused, shape, skipped=frozenset()) -> list[dict]:
     """Device time per kernel name (ms per call), forward and forward+backward, one table per (op, impl, pass)."""
     B, T, H = shape
     tables = []
     for op in ops:
         for name, run in impls.items():
+            if (op, name) in skipped:
+                continue
             for backward in (False, True):
                 if backward and refused.get((op, name)):
                     continue
@@ -531,7 +594,7 @@ if __name__ == "__main__":
         shapes = parse_shapes(sys.argv[3]) if len(sys.argv) > 3 else SHAPES
         only = sys.argv[4].split(",") if len(sys.argv) > 4 else None
         compiled = _compiled(_impls(torch_path=False, only=only))
-        print(warm_caches(list(OPS), compiled, shapes, float(sys.argv[2])), flush=True)
+        print(warm_caches(list(OPS), compiled, shapes, float(sys.argv[2]))[0], flush=True)
     else:
         sys.exit(
             "usage: python -m kernels.bench warm OP IMPL SHAPES_JSON | warm-all BUDGET_S [SHAPES [IMPLS]]"

@@ -114,6 +114,8 @@ def measure(case: Case, mode: str, warmup: int, steps: int, device: str, barrier
         wall_s=round(wall, 2),
         step_path=result.step_path,
         peak_memory_gib=result.history[-1]["peak_memory_gib"],
+        # what the process holds (allocator cache and graph pools included): what decides how many cells fit
+        reserved_gib=round(torch.cuda.memory_reserved() / 2**30, 2) if device == "cuda" else None,
     )
 
 
@@ -133,8 +135,10 @@ def packed_worker(rank, items, warmup, steps, device, start_barrier, warm_barrie
             return
 
 
-def run_packed(items, n, warmup, steps, device, deadline) -> dict[int, list[dict]]:
-    """Run every (case, mode) of `items` on n processes at once; {item index: one result per process}."""
+def run_packed(items, n, warmup, steps, device, deadline, on_item) -> None:
+    """Run every (case, mode) of `items` on n processes at once; `on_item(index, results)` with one result per
+    process as soon as an item has them all (so that a run cut off keeps what it measured), then once for each
+    item left incomplete."""
     context = mp.get_context("spawn")
     go = context.Value("b", 1)
     start_barrier, warm_barrier = context.Barrier(n), context.Barrier(n)
@@ -149,20 +153,26 @@ def run_packed(items, n, warmup, steps, device, deadline) -> dict[int, list[dict
     for worker in workers:
         worker.start()
     results: dict[int, list[dict]] = {}
+    reported: set[int] = set()
     # a little past the deadline: the measurement under way when it passes is let finish
     while any(w.is_alive() for w in workers) and time.time() < deadline + 120:
         try:
             index, _, result = queue.get(timeout=1.0)
-            results.setdefault(index, []).append(result)
         except Exception:  # noqa: BLE001, S112 - queue.Empty: look again
             continue
+        results.setdefault(index, []).append(result)
+        if len(results[index]) == n:
+            reported.add(index)
+            on_item(index, results.pop(index))
     for worker in workers:
         if worker.is_alive():
             worker.kill()
     while not queue.empty():
         index, _, result = queue.get()
         results.setdefault(index, []).append(result)
-    return results
+    for index in range(len(items)):
+        if index not in reported:
+            on_item(index, results.get(index, []))
 
 
 def table(rows: list[dict[str, Any]], packed: int) -> str:
@@ -199,6 +209,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40, help="timed steps per measurement (alone)")
     parser.add_argument("--packed-steps", type=int, default=24, help="timed steps per packed measurement")
     parser.add_argument("--cases", default="all", help="comma-separated indices into CASES, or all")
+    parser.add_argument("--modes", default="off,graph", help="train.step_capture values to measure")
+    parser.add_argument("--packed-only", action="store_true", help="skip the measurements alone")
     parser.add_argument("--quick", action="store_true", help="CPU, tiny cells, eager only: checks the script")
     args = parser.parse_args()
 
@@ -209,7 +221,7 @@ def main() -> None:
     else:
         if not torch.cuda.is_available():
             sys.exit("step_speed.py measures a GPU; without one, run it with --quick")
-        cases, modes, device = CASES, ("off", "graph"), "cuda"
+        cases, modes, device = CASES, tuple(args.modes.split(",")), "cuda"
     if args.cases != "all":
         cases = [cases[int(i)] for i in args.cases.split(",")]
     name = torch.cuda.get_device_name(0) if device == "cuda" else "cpu"
@@ -227,7 +239,7 @@ def main() -> None:
         with lines.open("a") as file:
             file.write(json.dumps(row) + "\n")
 
-    for case in cases:
+    for case in [] if args.packed_only else cases:
         for mode in modes:
             base = dict(cell=case.name, mode=mode, packing=1)
             if time.time() > deadline:
@@ -242,25 +254,28 @@ def main() -> None:
 
     if args.packed > 1:
         items = [(case, mode) for case in cases for mode in modes]
-        results = run_packed(items, args.packed, args.warmup, args.packed_steps, device, deadline)
-        for index, (case, mode) in enumerate(items):
+
+        def packed(index: int, got: list[dict]) -> None:
+            case, mode = items[index]
             base = dict(cell=case.name, mode=mode, packing=args.packed)
-            got = results.get(index, [])
             errors = [r["error"] for r in got if "error" in r]
             if errors or len(got) < args.packed:
                 record(base | dict(error=errors[0] if errors else "not run (budget, or a failure before)"))
-            else:
-                record(
-                    base
-                    | dict(
-                        tokens_per_s=sum(r["tokens_per_s"] for r in got),
-                        tokens_per_s_per_process=[round(r["tokens_per_s"]) for r in got],
-                        ms_per_step=sum(r["ms_per_step"] for r in got) / len(got),
-                        timed_steps=got[0]["timed_steps"],
-                        step_path=got[0]["step_path"],
-                        peak_memory_gib=max(r["peak_memory_gib"] for r in got),
-                    )
+                return
+            record(
+                base
+                | dict(
+                    tokens_per_s=sum(r["tokens_per_s"] for r in got),
+                    tokens_per_s_per_process=[round(r["tokens_per_s"]) for r in got],
+                    ms_per_step=sum(r["ms_per_step"] for r in got) / len(got),
+                    timed_steps=got[0]["timed_steps"],
+                    step_path=got[0]["step_path"],
+                    peak_memory_gib=max(r["peak_memory_gib"] for r in got),
+                    reserved_gib=max(r["reserved_gib"] or 0 for r in got),
                 )
+            )
+
+        run_packed(items, args.packed, args.warmup, args.packed_steps, device, deadline, packed)
 
     header = dict(device=name, torch=torch.__version__, warmup=args.warmup, steps=args.steps)
     (args.out / "step_speed.json").write_text(json.dumps(dict(header, rows=rows), indent=1))

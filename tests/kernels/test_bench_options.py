@@ -29,3 +29,31 @@ def test_impl_filter_keeps_both_kernel_versions_apart():
     every = bench._impls(torch_path=True)
     assert {"triton", "triton-v2", "torch", "sdpa-flash"} <= set(every)
     assert bench._compiled(every)[:2] == ["triton", "triton-v2"]
+
+
+def test_an_implementation_not_compiled_within_the_warm_budget_is_named(tmp_path, monkeypatch):
+    # a stand-in for `python -m kernels.bench warm OP IMPL SHAPES`: "slow" compiles for longer than the budget
+    fake = tmp_path / "python"
+    fake.write_text('#!/bin/sh\n[ "$5" = slow ] && sleep 30\necho "warm $4/$5"\n')
+    fake.chmod(0o755)
+    monkeypatch.setattr(bench.sys, "executable", str(fake))
+    report, unwarmed = bench.warm_caches(["kda", "gdn"], ["fast", "slow"], [(1, 64, 2)], timeout_s=2.0)
+    assert unwarmed == {("kda", "slow"), ("gdn", "slow")}
+    assert "kda/fast: rc 0" in report and "gdn/slow: killed at the warm budget" in report
+
+
+def test_rows_timed_implementation_by_implementation_are_tabled_by_shape(tmp_path):
+    def row(op, impl, T):
+        return bench.Row(op, impl, 1, T, 2, 1.0, None, None, 0.1, None, None, None, None)
+
+    writer = bench.Writer(tmp_path, {"bandwidth_Bps": 1e12, "bf16_flops": 1e15})
+    timed = [row("kda", "triton", 256), row("gdn", "triton", 256), row("kda", "triton", 512)]
+    timed += [row("kda", "fla", 256), row("kda", "fla", 512)]
+    writer.rows = timed
+    assert [(r.T, r.op, r.impl) for r in writer.by_shape()] == [
+        (256, "kda", "triton"),
+        (256, "kda", "fla"),
+        (256, "gdn", "triton"),
+        (512, "kda", "triton"),
+        (512, "kda", "fla"),
+    ]
