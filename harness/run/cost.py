@@ -24,8 +24,11 @@ Where measurements come from:
     one JSON object a line, written by `harness bench steps` (harness/run/bench_steps.py) and meant to be
     committed; for a shape measured again, the newest line counts;
   - result stores: every finished `ok` cell of a store is a measurement of its shape (from its wall time, its
-    training time and, where recorded, its training throughput). Stores do not record how many cells shared the
-    GPU, so their cells count as run one at a time; the table wins over them for the same shape.
+    training time and, where recorded, its training throughput). Their cells count as run one at a time, though
+    many ran beside others on a shared GPU: each cell records the most that ran at once (`cells_at_once`, from
+    its launcher; older stores lack it), and the estimate says how many of the cells it rests on shared their GPU
+    or do not say, since their times then overstate a cell alone. The table wins over stores for the same
+    shape.
 """
 
 from __future__ import annotations
@@ -187,6 +190,10 @@ class Measurement:
     git_commit: str | None = None
     measured_at: float = 0.0
     """Unix time of the measurement."""
+    shared_by: int | None = 1
+    """A store's cell: the most cells that ran at once on its device while it ran (its launcher's record; None
+    for stores written before it was recorded). It is still counted as a cell alone (cells_per_gpu 1): its time is
+    an upper bound of one alone, and the report says so."""
 
     def cell_s(self, cell: Cell) -> float:
         return self.fixed_s + cell.train.max_steps * self.step_s + validations(cell) * self.valid_s
@@ -249,6 +256,7 @@ def store_measurements(root: Path) -> list[Measurement]:
         if row.get("status") != "ok" or not steps or not wall or not train_s or not row.get("device"):
             continue
         history = meta.get("history") or []
+        shared_by = meta.get("cells_at_once")
         step_s, valid_s, note = train_s / steps, 0.0, "validation in step_s"
         if history and all(point.get("tokens_per_s") for point in history):
             tokens = [0] + [point["tokens"] for point in history]
@@ -265,6 +273,7 @@ def store_measurements(root: Path) -> list[Measurement]:
                 fixed_s=max(0.0, wall - train_s),
                 source=f"store {root}",
                 note=note,
+                shared_by=shared_by,
                 kernel_impl=row.get("kernel_impl"),
                 torch=row.get("torch"),
                 git_commit=row.get("git_commit"),
@@ -294,7 +303,9 @@ def best_per_shape(measurements: Iterable[Measurement]) -> dict[tuple[str, str, 
             mean = {
                 f: statistics.fmean(getattr(m, f) for m in group) for f in ("step_s", "valid_s", "fixed_s")
             }
-            table[key] = dataclasses.replace(group[0], **mean)
+            shares = [m.shared_by for m in group]
+            shared_by = None if None in shares else max(shares)
+            table[key] = dataclasses.replace(group[0], **mean, shared_by=shared_by)
     return table
 
 
@@ -420,6 +431,8 @@ def cost_report(
         + ("; early stopping (train.target_accuracy) makes these upper bounds" if stopping else "")
         + "; not counted: extra rows (lm-eval scores), starting workers"
     )
+    if shared := _shared_note([c.source for c in alone if c.source is not None]):
+        lines.append(shared)
     if any(c.basis == "extrapolated" for c in alone):
         lines.append(
             "extrapolated: scaled linearly in tokens per step and parameters from the nearest measured shape of"
@@ -459,6 +472,28 @@ def _wall_lines(
         f" {duration_text(high)} (if packing gains nothing) on {where}: packed step times are not measured for every"
         f" shape (`harness bench steps --cells-per-gpu {packing}` measures them)"
     ]
+
+
+def _shared_note(used: Sequence[Measurement]) -> str:
+    """A caveat when the estimate rests on store cells that shared their GPU, or that do not say whether they did:
+    their times count as of cells alone, which overstates what one alone takes."""
+    stored = {id(m): m for m in used if m.source != "bench"}.values()
+    shared = [m.shared_by for m in stored if m.shared_by is not None and m.shared_by > 1]
+    unrecorded = sum(m.shared_by is None for m in stored)
+    if not shared and not unrecorded:
+        return ""
+    parts = []
+    if shared:
+        parts.append(
+            f"{len(shared)} are of cells that ran beside others on their GPU (up to {max(shared)} at once)"
+        )
+    if unrecorded:
+        parts.append(f"{unrecorded} do not say whether theirs did (older stores)")
+    return (
+        f"shared GPUs: of the measured shapes taken from stores, {' and '.join(parts)}; a cell's time on a shared"
+        " GPU counts here as its time alone, so these figures are upper bounds, too high by up to the number of"
+        " cells that shared it (`harness bench steps` measures cells alone and packed)"
+    )
 
 
 def _sources(measurements: Sequence[Measurement], device: str) -> str:

@@ -7,6 +7,10 @@ result; a launcher only runs cells and hands back (rows, meta).
     ray         tasks on a Ray cluster (`address`: an existing cluster such as 'auto' or 'ray://head:10001';
                 None starts a local Ray instance). Every node needs this harness installed at the same commit.
 
+Each finished cell's metadata says how many cells ran at once on its device while it ran (`cells_at_once`, the
+most at any moment, itself included; pool and inprocess), since a cell's wall time on a shared GPU is no time of
+the cell alone (harness/run/cost.py reads it).
+
 Cells packed on one GPU share its memory. A pool worker hands its cached GPU memory back after every cell (the next
 cell on that worker must not find it taken), and a cell that runs out of GPU memory while other cells share its GPU
 is not a result either: the pool runs it again, first in line, and from then on packs fewer cells on that GPU (one
@@ -75,7 +79,8 @@ class InProcess:
         self._finished: list[Finished] = []
 
     def submit(self, cell: Cell, options: CellOptions) -> None:
-        self._finished.append((cell, *run_cell(cell, options)))
+        rows, meta = run_cell(cell, options)
+        self._finished.append((cell, rows, meta | {"cells_at_once": 1} if rows else meta))
 
     def wait(self, timeout: float) -> list[Finished]:
         finished, self._finished = self._finished, []
@@ -142,7 +147,7 @@ class Pool:
             else:
                 worker = self._workers[index]
                 if not self._ran_out_beside_others(worker, rows):
-                    finished.append((worker.cell, rows, meta))
+                    finished.append((worker.cell, rows, meta | {"cells_at_once": worker.most_at_once}))
                 worker.cell = worker.options = None
                 self._dispatch()
                 continue
@@ -151,7 +156,8 @@ class Pool:
                     # its result may still be in the queue if it put it just before dying
                     try:
                         index, rows, meta = self._results.get(timeout=0.5)
-                        finished.append((self._workers[index].cell, rows, meta))
+                        done = self._workers[index]
+                        finished.append((done.cell, rows, meta | {"cells_at_once": done.most_at_once}))
                         self._workers[index].cell = None
                         continue
                     except queue.Empty:
@@ -187,8 +193,10 @@ class Pool:
                 self._start(worker)
             neighbours = [w for w in self._workers if w.cell is not None and w.device == worker.device]
             worker.shared = bool(neighbours) and worker.device is not None
+            worker.most_at_once = len(neighbours) + 1
             for other in neighbours:
                 other.shared = worker.shared or other.shared
+                other.most_at_once = max(other.most_at_once, worker.most_at_once)
             worker.cell, worker.options = cell, options
             worker.inbox.put((cell, options))
 
@@ -242,6 +250,8 @@ class _Worker:
         self.options: CellOptions | None = None
         self.shared = False
         """Another cell ran on this worker's GPU at some time during its current cell."""
+        self.most_at_once = 1
+        """The most cells (this one included) that ran at once on this worker's device during its current cell."""
 
 
 def _pool_worker(index, device, threads, inbox, results, parent_pid, plugins) -> None:

@@ -118,6 +118,32 @@ def test_a_stores_cells_are_measurements(cells, tmp_path):
     assert found.device == GPU and found.shape == shapes_of([cell])[cell.id].id
     assert found.step_s == pytest.approx(per_step) and found.valid_s == pytest.approx(0.5)
     assert found.fixed_s == pytest.approx(2.0) and found.source == f"store {tmp_path}"
+    assert found.shared_by is None  # this cell does not say how many cells shared its GPU
+
+
+def test_an_estimate_from_cells_that_shared_their_gpu_says_so(cells, tmp_path):
+    shapes = shapes_of(cells)
+
+    def store_of(name, at_once):
+        root = tmp_path / name
+        for cell in cells:
+            row = dict(run_id=cell.id, steps=100, tokens_seen=1, wall_s=5.0, device=GPU, params=1000)
+            meta = dict(config=to_dict(cell), history=[], train_wall_s=3.0)
+            ResultStore(root).write(
+                cell.id, [row], meta if at_once is None else meta | {"cells_at_once": at_once}
+            )
+        return store_measurements(root)
+
+    alone, packed, older = store_of("alone", 1), store_of("packed", 4), store_of("older", None)
+    assert {m.shared_by for m in packed} == {4} and {m.shared_by for m in older} == {None}
+    assert "shared GPUs" not in cost_report(cells, shapes, alone, GPU, Plan())
+    text = cost_report(cells, shapes, packed, GPU, Plan())
+    # 4 shapes (the cells of each averaged into one measurement)
+    assert (
+        "4 are of cells that ran beside others on their GPU (up to 4 at once)" in text
+        and "upper bounds" in text
+    )
+    assert "4 do not say whether theirs did" in cost_report(cells, shapes, older, GPU, Plan())
 
 
 # ---- end to end through the command line

@@ -123,3 +123,41 @@ def test_a_cell_out_of_gpu_memory_beside_others_runs_again_on_a_less_packed_gpu(
     assert finish(c, "oom") == [(c.id, "oom")]  # alone: its own result
     assert set(where) == {d.id}
     assert finish(d, "ok") == [(d.id, "ok")]
+
+
+def test_each_result_says_how_many_cells_shared_its_gpu(monkeypatch):
+    """With stand-in workers (as above): a cell's metadata records the most cells that ran at once on its GPU while
+    it ran, itself included, so that its wall time is not taken for one of a cell alone (harness/run/cost.py)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    pool = Pool(LaunchOptions(cells_per_gpu=3))
+
+    def start(worker):
+        worker.process, worker.inbox = _AliveProcess(), queue.Queue()
+
+    monkeypatch.setattr(pool, "_start", start)
+    pool._results = queue.Queue()
+    a, b, c, d = small_cells(lrs=(1e-3, 2e-3, 3e-3, 4e-3), seeds=(0,))
+
+    def finish(cell):
+        (index,) = [w.index for w in pool._workers if w.cell is not None and w.cell.id == cell.id]
+        pool._results.put((index, [{"status": "ok"}], {"history": []}))
+        ((done, _, meta),) = pool.wait(timeout=1)
+        assert done.id == cell.id and meta["history"] == []
+        return meta["cells_at_once"]
+
+    pool.submit(a, None)
+    pool.submit(b, None)
+    assert finish(a) == 2
+    pool.submit(c, None)  # beside b
+    pool.submit(d, None)  # beside b and c: b has now shared with 3
+    assert finish(b) == 3 and finish(c) == 3
+    assert finish(d) == 3  # alone at the end, but not throughout
+    pool.submit(a, None)
+    assert finish(a) == 1
+
+
+def test_in_process_cells_ran_alone(tmp_path):
+    (cell,) = small_cells(lrs=(1e-3,), seeds=(0,))
+    store = ResultStore(tmp_path)
+    run_cells([cell], store, launcher=make_launcher("inprocess"))
+    assert store.read_meta(cell.id)["cells_at_once"] == 1
