@@ -410,7 +410,12 @@ def bench_kernels(
     # fla last (its warm-up is the slow one), each implementation at every shape before the next: a run cut off
     # keeps every row of what came before; the tables list rows by shape all the same
     order = sorted(impls, key=lambda name: name.startswith("fla"))
+    first_fla = next((name for name in order if name.startswith("fla")), None)
     for name in order:
+        if profile and name == first_fla:
+            # the profile of the others before fla's rows, so that a run cut off in them still has it
+            ours = {n: impls[n] for n in impls if not n.startswith("fla")}
+            _write_profile(out, ops, ours, refused, shapes[0], set(skipped))
         for i, (B, T, H) in enumerate(shapes):
             for op in [*ops, "sdpa"]:
                 if (op == "sdpa") != (name == "sdpa-flash") or (name == "torch" and i > 0):

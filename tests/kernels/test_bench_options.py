@@ -57,3 +57,48 @@ def test_rows_timed_implementation_by_implementation_are_tabled_by_shape(tmp_pat
         (512, "kda", "triton"),
         (512, "kda", "fla"),
     ]
+
+
+def test_the_benchmark_times_fla_last_and_keeps_what_came_before(tmp_path, monkeypatch):
+    """bench_kernels' control flow with stand-ins for everything that needs CUDA: each implementation is warmed
+    up just before its first row and timed at every shape before the next, fla last and after a profile of the
+    others; an (op, impl) its warm budget could not compile is not run, and its rows say so."""
+    events = []
+    impls = {"triton": "ours", "fla-0.6.0": "fla", "sdpa-flash": "sdpa"}
+    monkeypatch.setattr(bench, "_impls", lambda torch_path, only=None: dict(impls))
+    monkeypatch.setattr(bench, "warm_caches", lambda ops, names, shapes, budget: ("", {("gdn", "fla-0.6.0")}))
+    monkeypatch.setattr(bench, "measure_ceilings", lambda: {"bandwidth_Bps": 1e12, "bf16_flops": 1e15})
+    monkeypatch.setattr(bench, "_summary", lambda ceilings: "summary")
+    monkeypatch.setattr(bench, "_once", lambda run, op, B, T, H: events.append(("warm-up", op, run)) or "")
+
+    def row(op, name, B, T, H, run, ceilings, refused, budget):
+        events.append(("row", op, name, T))
+        return bench.Row(op, name, B, T, H, 1.0, 2.0, None, 0.1, None, None, None, None)
+
+    monkeypatch.setattr(bench, "_row", row)
+    monkeypatch.setattr(
+        bench, "_write_profile", lambda out, ops, named, *rest: events.append(("profile", *named))
+    )
+    rows = bench.bench_kernels(
+        tmp_path, ops=["kda", "gdn"], shapes=[(1, 256, 2), (1, 512, 2)], torch_path=False
+    )
+
+    assert events == [
+        ("warm-up", "kda", "ours"),
+        ("row", "kda", "triton", 256),
+        ("warm-up", "gdn", "ours"),
+        ("row", "gdn", "triton", 256),
+        ("row", "kda", "triton", 512),
+        ("row", "gdn", "triton", 512),
+        ("row", "sdpa", "sdpa-flash", 256),
+        ("row", "sdpa", "sdpa-flash", 512),
+        ("profile", "triton", "sdpa-flash"),
+        ("warm-up", "kda", "fla"),
+        ("row", "kda", "fla-0.6.0", 256),
+        ("row", "kda", "fla-0.6.0", 512),
+        ("profile", "triton", "fla-0.6.0", "sdpa-flash"),
+    ]
+    untimed = [r for r in rows if r.impl == "fla-0.6.0" and r.op == "gdn"]
+    assert len(untimed) == 2 and all(r.fwd_ms is None and "warm budget" in r.note for r in untimed)
+    table = (tmp_path / "kernels.md").read_text()
+    assert table.index("| kda | fla-0.6.0 | 1×256×2") < table.index("| kda | triton | 1×512×2")
