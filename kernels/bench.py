@@ -422,7 +422,7 @@ def bench_kernels(
                     # the PyTorch path is 5-10x slower and its Python loop over chunks grows with T: one shape
                     continue
                 if (op, name) in skipped:
-                    writer.add(_untimed_row(op, name, B, T, H, ceilings, skipped[op, name]))
+                    writer.add(_result_row(op, name, B, T, H, ceilings, None, None, skipped[op, name]))
                     continue
                 warm_up(op, name)
                 row = _row(
@@ -447,35 +447,20 @@ def _write_profile(out: Path, ops, impls, refused, shape, skipped=frozenset()) -
     (out / "profile.json").write_text(json.dumps(tables, indent=1))
 
 
-def _untimed_row(op, name, B, T, H, ceilings, note) -> Row:
-    floor_ms = _floor_bytes(op, B, T, H) / ceilings["bandwidth_Bps"] * 1e3
-    return Row(
-        op=op,
-        impl=name,
-        B=B,
-        T=T,
-        H=H,
-        fwd_ms=None,
-        fwdbwd_ms=None,
-        tokens_per_s=None,
-        fwd_floor_ms=floor_ms,
-        fwd_gbps=None,
-        fwd_bw_frac=None,
-        fwd_tflops=None,
-        fwd_flop_frac=None,
-        note=note,
-    )
-
-
 def _row(op, name, B, T, H, run, ceilings, refused, row_budget_s) -> Row:
     torch.cuda.empty_cache()
-    inputs_of = "gdn" if op == "sdpa" else op
-    floor_ms = _floor_bytes(inputs_of, B, T, H) / ceilings["bandwidth_Bps"] * 1e3
     try:
         with budget(row_budget_s):
-            fwd, fwdbwd, note = _time(run, inputs_of, B, T, H, refused)
+            fwd, fwdbwd, note = _time(run, "gdn" if op == "sdpa" else op, B, T, H, refused)
     except Exception as error:  # noqa: BLE001 - e.g. out of memory for the PyTorch path at 32K tokens
         fwd, fwdbwd, note = None, None, f"failed: {str(error).splitlines()[0][:80]}"
+    return _result_row(op, name, B, T, H, ceilings, fwd, fwdbwd, note)
+
+
+def _result_row(op, name, B, T, H, ceilings, fwd, fwdbwd, note) -> Row:
+    """A row of the table from its times (None: not timed, `note` says why)."""
+    inputs_of = "gdn" if op == "sdpa" else op
+    floor_ms = _floor_bytes(inputs_of, B, T, H) / ceilings["bandwidth_Bps"] * 1e3
     flops = 2 * B * H * T * T * HEAD_DIM if op == "sdpa" else _flops(op, B, T, H)
     return Row(
         op=op,

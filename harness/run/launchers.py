@@ -80,7 +80,7 @@ class InProcess:
 
     def submit(self, cell: Cell, options: CellOptions) -> None:
         rows, meta = run_cell(cell, options)
-        self._finished.append((cell, rows, meta | {"cells_at_once": 1} if rows else meta))
+        self._finished.append((cell, rows, (meta | {"cells_at_once": 1}) if rows else meta))
 
     def wait(self, timeout: float) -> list[Finished]:
         finished, self._finished = self._finished, []
@@ -158,7 +158,7 @@ class Pool:
                         index, rows, meta = self._results.get(timeout=0.5)
                         done = self._workers[index]
                         finished.append((done.cell, rows, meta | {"cells_at_once": done.most_at_once}))
-                        self._workers[index].cell = None
+                        done.cell = None
                         continue
                     except queue.Empty:
                         pass

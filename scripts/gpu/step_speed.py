@@ -229,9 +229,8 @@ def main() -> None:
 
     rows: list[dict[str, Any]] = []
     args.out.mkdir(parents=True, exist_ok=True)
-    lines = (
-        args.out / "step_speed.jsonl"
-    )  # each measurement as it is made: a run cut off keeps what it measured
+    # each measurement as it is made: a run cut off keeps what it measured
+    lines = args.out / "step_speed.jsonl"
 
     def record(row: dict[str, Any]) -> None:
         rows.append(row)
