@@ -18,6 +18,12 @@ def slice_sort_key(name: str) -> tuple:
     return tuple(float(x) for x in re.findall(r"[=(,](-?\d+(?:\.\d+)?)", name)), name
 
 
+def natural_sort_key(name: str) -> tuple:
+    """'mla@zoology-64' before 'mla@zoology-128': runs of digits compare as numbers, the rest as text."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", name if isinstance(name, str) else "")
+    return tuple((1, float(part), "") if i % 2 else (0, 0.0, part) for i, part in enumerate(parts))
+
+
 def format_mean_ci(mean: float, ci95: float) -> str:
     if pd.isna(mean):
         return "n/a"

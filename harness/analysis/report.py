@@ -27,6 +27,7 @@ from harness.analysis.figures import draw_all
 from harness.analysis.labels import (
     format_mean_ci,
     human,
+    natural_sort_key,
     same_model_warnings,
     setting_columns,
     slice_sort_key,
@@ -177,12 +178,17 @@ def pivot(best: pd.DataFrame) -> pd.DataFrame:
     if best.empty:
         return best
     frames = []
-    # one order of configurations in every table (models as they first appear, then labels), tables by task and
-    # the numbers of their variants
+    # one order of configurations in every table (models as they first appear, then labels with their numbers in
+    # numeric order: zoology-64 before zoology-128), tables by task and the numbers of their variants
     rank = {model: i for i, model in enumerate(dict.fromkeys(best["model"]))}
-    best = best.assign(_rank=best["model"].map(rank), _variant=best["task_variant"].map(slice_sort_key))
+    label_rank = {label: i for i, label in enumerate(sorted(set(best["label"]), key=natural_sort_key))}
+    best = best.assign(
+        _rank=best["model"].map(rank),
+        _label=best["label"].map(label_rank),
+        _variant=best["task_variant"].map(slice_sort_key),
+    )
     best = best.sort_values(
-        ["suite", "scale", "task", "task_setting", "_variant", "_rank", "label"], kind="stable"
+        ["suite", "scale", "task", "task_setting", "_variant", "_rank", "_label"], kind="stable"
     )
     per_table = ["suite", "scale", "task", "task_setting", "task_variant", "task_version", "metric"]
     for (suite, scale, task, setting, variant, version, metric), group in best.groupby(

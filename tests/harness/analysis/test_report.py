@@ -78,3 +78,21 @@ def test_slice_sort_key_is_numeric():
         "seq_len=64,pairs=16",
         "seq_len=512,pairs=8",
     ]
+
+
+def test_sizes_of_one_model_are_listed_in_numeric_order():
+    # labels 'mla@zoology-64' ... '-512': a text sort would put -128 before -64
+    rows = pd.DataFrame(
+        [dict(row("mla", "mqar", "seq_len=64", 1e-3, 0, 0.5 + w / 1000), preset=f"zoology-{w}",
+              run_id=f"mla-{w}", label=f"mla@zoology-{w}", setting_id=f"s{w}", task_variant="")
+         for w in (512, 128, 64, 256)]
+    )  # fmt: skip
+    table = pivot(best_lr(summarize(rows)))
+    assert table["model"].tolist() == ["mla@zoology-64", "mla@zoology-128", "mla@zoology-256", "mla@zoology-512"]
+
+
+def test_natural_sort_key_compares_numbers_as_numbers():
+    from harness.analysis.labels import natural_sort_key
+
+    names = ["kda@zoology-128", "kda@zoology-64", "kda", "kda@zoology-1024"]
+    assert sorted(names, key=natural_sort_key) == ["kda", "kda@zoology-64", "kda@zoology-128", "kda@zoology-1024"]
