@@ -161,12 +161,21 @@ def best_lr(summary: pd.DataFrame) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
-def best_curves(rows: pd.DataFrame, best: pd.DataFrame, store: ResultStore) -> pd.DataFrame:
-    """The stored training curves of the finished cells at each configuration's best lr (`store.read_curves`),
-    with their setting_id and label."""
+def best_curves(
+    rows: pd.DataFrame, best: pd.DataFrame, store: ResultStore, metric: str = "accuracy"
+) -> pd.DataFrame:
+    """The stored training curves of the finished cells at each configuration's best lr by `metric` (by its first
+    metric where it has no `metric`), with their setting_id and label (`store.read_curves`). One lr per
+    configuration: its metrics can each have another best lr (accuracy and loss often do), and a line that took
+    the curves of both would draw two trainings as one, with a band between them."""
     prepared = rows if "label" in rows else prepare(rows, store)
     keys = ["setting_id", "lr"]
-    at_best = prepared.merge(best[keys].drop_duplicates(), on=keys)
+    chosen = (
+        best.assign(_other=best["metric"] != metric)
+        .sort_values("_other", kind="stable")
+        .drop_duplicates("setting_id")[keys]
+    )
+    at_best = prepared.merge(chosen, on=keys)
     return store.read_curves(
         at_best.drop_duplicates("run_id"), keys=("setting_id", "label", "preset", "task_variant")
     )
@@ -359,7 +368,7 @@ def write_report(
     ]
     if figures and not best.empty:
         drawn_metric = (metric or "accuracy").split(",")[0]
-        curves = best_curves(prepared, best, store) if store is not None else pd.DataFrame()
+        curves = best_curves(prepared, best, store, drawn_metric) if store is not None else pd.DataFrame()
         written += draw_all(best, curves, directory, name, drawn_metric, formats)
     text.append("written: " + ", ".join(str(p) for p in written))
     return "\n\n".join(text)

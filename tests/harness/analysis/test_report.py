@@ -88,11 +88,47 @@ def test_sizes_of_one_model_are_listed_in_numeric_order():
          for w in (512, 128, 64, 256)]
     )  # fmt: skip
     table = pivot(best_lr(summarize(rows)))
-    assert table["model"].tolist() == ["mla@zoology-64", "mla@zoology-128", "mla@zoology-256", "mla@zoology-512"]
+    assert table["model"].tolist() == [
+        "mla@zoology-64",
+        "mla@zoology-128",
+        "mla@zoology-256",
+        "mla@zoology-512",
+    ]
 
 
 def test_natural_sort_key_compares_numbers_as_numbers():
     from harness.analysis.labels import natural_sort_key
 
     names = ["kda@zoology-128", "kda@zoology-64", "kda", "kda@zoology-1024"]
-    assert sorted(names, key=natural_sort_key) == ["kda", "kda@zoology-64", "kda@zoology-128", "kda@zoology-1024"]
+    assert sorted(names, key=natural_sort_key) == [
+        "kda",
+        "kda@zoology-64",
+        "kda@zoology-128",
+        "kda@zoology-1024",
+    ]
+
+
+def test_training_curves_come_from_one_lr_per_configuration(tmp_path):
+    # accuracy is best at lr 1e-3 and loss at lr 1e-2: the curves drawn beside the accuracy table are lr 1e-3's
+    # alone, never the two trainings averaged into one line
+    import json
+
+    from harness.analysis.report import best_curves
+    from harness.results.store import ResultStore
+
+    store = ResultStore(tmp_path)
+    store.cells.mkdir(parents=True)
+    rows = []
+    for lr, accuracy, loss in ((1e-3, 0.9, 0.5), (1e-2, 0.8, 0.1)):
+        run_id = f"mla-{lr}"
+        history = [dict(step=s, tokens=100 * s, train_loss=loss, valid_accuracy=accuracy) for s in (10, 20)]
+        (store.cells / f"{run_id}.json").write_text(json.dumps({"history": history}))
+        for metric, value in (("accuracy", accuracy), ("loss", loss)):
+            rows.append(dict(row("mla", "mqar", "seq_len=64", lr, 0, value, metric=metric), run_id=run_id,
+                             label="mla", setting_id="s1", preset="", task_variant=""))  # fmt: skip
+    rows = pd.DataFrame(rows)
+    best = best_lr(summarize(rows))
+    assert sorted(best["lr"]) == [1e-3, 1e-2]  # the two metrics disagree
+    curves = best_curves(rows, best, store, metric="accuracy")
+    assert set(curves["lr"]) == {1e-3} and curves["valid_accuracy"].tolist() == [0.9, 0.9]
+    assert set(best_curves(rows, best, store, metric="loss")["lr"]) == {1e-2}
