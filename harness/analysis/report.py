@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from harness.analysis.convergence import LEGEND as IMPROVING_LEGEND
+from harness.analysis.convergence import MARK as IMPROVING_MARK
+from harness.analysis.convergence import cell_still_improving
 from harness.analysis.figures import draw_all
 from harness.analysis.labels import (
     format_mean_ci,
@@ -52,6 +55,7 @@ def prepare(rows: pd.DataFrame, store: ResultStore | None = None) -> pd.DataFram
     """The rows of finished measurements, ready to aggregate (`with_settings`), whole-task scores (lm-eval groups,
     no slice) under slice 'all', a direction for every metric."""
     ok = with_settings(rows[(rows["status"] == "ok") & rows["metric"].notna()], store)
+    ok["still_improving"] = ok["run_id"].map(_improving_by_run(ok, store))
     ok["slice"] = ok["slice"].where(ok["slice"].notna(), "all")
     unknown = ok["higher_is_better"].isna()
     if unknown.any():
@@ -104,8 +108,23 @@ def _configs(rows: pd.DataFrame, store: ResultStore | None) -> dict[str, dict]:
     return configs
 
 
+def _improving_by_run(rows: pd.DataFrame, store: ResultStore | None) -> dict[str, bool | None]:
+    """run_id -> whether that cell was still improving when its steps ran out (`harness.analysis.convergence`);
+    None where its history is not at hand."""
+    if store is None:
+        return {}
+    return {run_id: cell_still_improving(store.read_meta(run_id)) for run_id in set(rows["run_id"])}
+
+
 def _fallback_setting_id(row: pd.Series) -> str:
     return config_hash({key: None if pd.isna(row.get(key)) else row.get(key) for key in _FALLBACK_IDENTITY})
+
+
+def improving_cells(group: pd.DataFrame) -> int:
+    """How many of the cells (seeds) behind these rows were still improving when their steps ran out."""
+    if "still_improving" not in group:
+        return 0
+    return group.loc[group["still_improving"].eq(True), "run_id"].nunique()
 
 
 def summarize(rows: pd.DataFrame, store: ResultStore | None = None) -> pd.DataFrame:
@@ -136,6 +155,7 @@ def summarize(rows: pd.DataFrame, store: ResultStore | None = None) -> pd.DataFr
                 steps_max=steps.max(),
                 higher_is_better=bool(group["higher_is_better"].iloc[0]),
                 kernel=group["kernel_impl"].iloc[0],
+                improving=improving_cells(group),
             )
         )
 
@@ -221,6 +241,7 @@ def pivot(best: pd.DataFrame) -> pd.DataFrame:
                 values=rows["values"].min(),
                 steps_min=rows["steps_min"].min(),
                 steps_max=rows["steps_max"].max(),
+                improving=rows["improving"].max() if "improving" in rows else 0,
                 setting_id=rows["setting_id"].iloc[0],
             )
             for name in slices:
@@ -246,6 +267,7 @@ def pivot_markdown(best: pd.DataFrame) -> str:
         "values",
         "steps_min",
         "steps_max",
+        "improving",
     ]
     for (suite, scale, task, metric), group in table.groupby(
         ["suite", "scale", "task", "metric"], sort=False, dropna=False
@@ -259,7 +281,10 @@ def pivot_markdown(best: pd.DataFrame) -> str:
                 lr=[_lr_text(lr, n) for lr, n in zip(group["lr"], group["lrs"], strict=True)],
                 seeds=[_seeds_text(s, v) for s, v in zip(group["seeds"], group["values"], strict=True)],
                 steps=[
-                    _steps_text(a, b) for a, b in zip(group["steps_min"], group["steps_max"], strict=True)
+                    _steps_text(a, b) + (f" {IMPROVING_MARK}" if improving else "")
+                    for a, b, improving in zip(
+                        group["steps_min"], group["steps_max"], group["improving"], strict=True
+                    )
                 ],
             )
         )
@@ -275,6 +300,8 @@ def pivot_markdown(best: pd.DataFrame) -> str:
         "mean ± half-width of the 95% t-interval over the values pooled (no ± with one); seeds: distinct seeds"
         " (and values, where they differ); best lr by the mean over slices; one row per trained configuration"
     )
+    if table["improving"].gt(0).any():
+        intervals += f"; {IMPROVING_LEGEND}"
     return "\n\n".join(parts) + f"\n\n({intervals})"
 
 
