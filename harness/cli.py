@@ -163,6 +163,15 @@ def run(
             "run (jobs of limited length)."
         ),
     ] = None,
+    deadline: Annotated[
+        float | None,
+        typer.Option(
+            help="The job ends after this many seconds: start no cell whose estimated time (from the store's "
+            "finished cells and the step-time table, at --cells-per-gpu) no longer fits before then, nor, unless "
+            "--stop-starting-after says otherwise, a cell of unknown time after half of it; leave them to the "
+            "next run."
+        ),
+    ] = None,
 ) -> None:
     """Train and evaluate every model on every cell of a suite; print the results table. Exits 1 if a cell failed
     (status failed or oom) or did not finish (it runs again next time)."""
@@ -181,6 +190,10 @@ def run(
         stop_starting_after >= 0 and math.isfinite(stop_starting_after)
     ):
         raise HarnessError(f"--stop-starting-after takes seconds (0 or more), got {stop_starting_after}")
+    if deadline is not None and not (deadline > 0 and math.isfinite(deadline)):
+        raise HarnessError(f"--deadline takes seconds (more than 0), got {deadline}")
+    if deadline is not None and dry_run:
+        raise HarnessError("--deadline goes with a run, not --dry-run (which runs nothing)")
     started = time.monotonic()
     retried = _split(retry or "")
     if unknown := [s for s in retried if s not in STATUSES or s == "ok"]:
@@ -199,6 +212,9 @@ def run(
     pool = make_launcher(
         launcher, LaunchOptions(cells_per_gpu=cells_per_gpu, workers=workers, ray_address=ray_address)
     )
+    wall_s = _estimated_walls(cells, store, launcher, cells_per_gpu) if deadline is not None else None
+    if deadline is not None and stop_starting_after is None:
+        stop_starting_after = deadline / 2  # cells of unknown time: the old rule of thumb
     progress = iter(range(1, len(cells) + 1))
 
     def done(cell, rows) -> None:
@@ -242,6 +258,8 @@ def run(
             retry=retried,
             on_unfinished=unfinished,
             start_until=None if stop_starting_after is None else started + stop_starting_after,
+            deadline=None if deadline is None else started + deadline,
+            wall_s=wall_s,
         )
     finally:
         signal.signal(signal.SIGTERM, previous)
@@ -250,6 +268,11 @@ def run(
         if outcome.not_started
         else ""
     )
+    if outcome.would_not_fit:
+        later += (
+            f", {len(outcome.would_not_fit)} not started because their estimated time no longer fitted before"
+            " --deadline (fewer --cells-per-gpu makes each finish sooner)"
+        )
     typer.echo(f"\n{outcome.ran} cell(s) run, {outcome.skipped} already in {out}/ and skipped{later}.\n")
     rows = store.read(cell.id for cell in cells)
     order = list(dict.fromkeys(cell.model_name for cell in cells))
@@ -304,6 +327,24 @@ def _plan(grid, models, suite, scale, set_, lrs, seeds, params, tolerance, devic
     if match is not None:
         _echo_sizes(cells, match)
     return spec, cells
+
+
+def _estimated_walls(cells, store, launcher, cells_per_gpu) -> dict[str, float | None]:
+    """Each cell's estimated time on this machine at the packing it will run under (`--deadline`), from the
+    step-time table and the store's own finished cells only: a committed store may have run other code (older
+    kernels), and a model neither has measured counts as unknown."""
+    from harness.run.cost import (
+        local_device,
+        read_table,
+        shapes_of,
+        store_measurements,
+        table_dir,
+        wall_when_packed,
+    )
+
+    packing = 1 if launcher == "inprocess" else cells_per_gpu
+    measured = [*read_table(table_dir()), *store_measurements(store.root)]
+    return wall_when_packed(cells, shapes_of(cells), measured, local_device(cells[0]), packing)
 
 
 def _dry_run(cells, store, estimate_for, launcher, cells_per_gpu, workers) -> None:

@@ -348,6 +348,43 @@ def estimate(
     return costs
 
 
+def wall_when_packed(
+    cells: Sequence[Cell],
+    shapes: dict[str, Shape],
+    measurements: Iterable[Measurement],
+    device: str,
+    packing: int = 1,
+) -> dict[str, float | None]:
+    """Cell id -> its estimated wall time on `device` while `packing` cells share it (None: unknown), for deciding
+    what still fits in a job of limited length (`harness run --deadline`).
+
+    A measurement of the cell's shape at that packing is used as it is. Otherwise a GPU that several processes
+    share runs their kernels in turns, so a cell's time is taken to grow with the number of cells beside it: a
+    measurement made with `s` cells at once (a store cell's `shared_by`, a table line's `cells_per_gpu`; a store
+    cell that does not say counts as made at this packing) is scaled by packing / s. That overstates a packed
+    cell's time by what packing gains (1.3x for 12 small cells on an H200, results/step-speed-h200/), and an
+    extrapolation to a larger model overstates it too (small models are bound by launches, not by their size):
+    both err towards not starting a cell that would have been cut off."""
+    return _walls(cells, shapes, list(measurements), device, packing)
+
+
+def _walls(cells, shapes, measurements, device, packing) -> dict[str, float | None]:
+    packed = {}
+    if packing > 1:
+        packed = {c.cell.id: c for c in estimate(cells, shapes, measurements, device, packing)}
+    walls: dict[str, float | None] = {}
+    for cost in estimate(cells, shapes, measurements, device):
+        at_packing = packed.get(cost.cell.id)
+        if at_packing is not None and at_packing.basis == "measured":
+            walls[cost.cell.id] = at_packing.seconds
+        elif cost.seconds is None or cost.source is None:
+            walls[cost.cell.id] = None
+        else:
+            beside = cost.source.cells_per_gpu if cost.source.source == "bench" else cost.source.shared_by
+            walls[cost.cell.id] = cost.seconds * packing / (beside or packing)
+    return walls
+
+
 def _nearest(shape: Shape, candidates: list[Measurement]) -> Measurement | None:
     def distance(m: Measurement) -> float:
         return abs(math.log(shape.tokens_per_step / m.tokens_per_step)) + abs(

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import math
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -200,6 +200,13 @@ class SweepOutcome:
     so that the next sweep runs them again; cell id -> the reason."""
     not_started: int = 0
     """Cells left for the next sweep because `start_until` had passed before their turn."""
+    would_not_fit: list[str] = dataclasses.field(default_factory=list)
+    """Cells left for the next sweep because their estimated time no longer fitted before `deadline`."""
+
+
+def _would_not_fit(cell: Cell, deadline: float | None, wall_s: Mapping[str, float | None] | None) -> bool:
+    seconds = (wall_s or {}).get(cell.id)
+    return deadline is not None and seconds is not None and time.monotonic() + seconds > deadline
 
 
 def run_cells(
@@ -216,6 +223,8 @@ def run_cells(
     retry: Collection[str] = (),
     on_unfinished: Callable[[Cell, str], None] | None = None,
     start_until: float | None = None,
+    deadline: float | None = None,
+    wall_s: Mapping[str, float | None] | None = None,
 ) -> SweepOutcome:
     """Run the cells that are not in the store yet.
 
@@ -234,6 +243,8 @@ def run_cells(
     `start_until` (a time.monotonic() value): no cell starts after it; the sweep ends when the cells running then
     have finished, and leaves the rest to the next sweep. For jobs of limited length (preemptible machines, a
     scheduler's wall-time limit) whose cells cannot resume elsewhere: a cell killed halfway is work lost.
+    `deadline` (a time.monotonic() value) with `wall_s` (cell id -> its estimated time, None if unknown): a cell
+    whose estimate no longer fits before the deadline is not started either, but left for the next sweep.
     """
     launcher = launcher or InProcess()
     store.tidy()
@@ -256,6 +267,8 @@ def run_cells(
             for cell in todo:
                 if len(leases) >= launcher.slots:
                     waiting.append(cell)
+                elif _would_not_fit(cell, deadline, wall_s):
+                    outcome.would_not_fit.append(cell.id)  # time only runs out: it will not fit later either
                 elif store.has(cell.id):
                     outcome.skipped += 1  # finished meanwhile by another sweep on this store
                 elif (lease := store.lease(cell.id, label=cell.label)) is None:

@@ -1,6 +1,7 @@
 """The cost estimate of a sweep (harness/run/cost.py) from a synthetic step-time table, a store's cells as
 measurements, and end to end: `harness bench steps` writes what the next `harness run --dry-run` uses."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -200,3 +201,27 @@ def test_an_unknown_device_is_one_line_and_exit_2(tmp_path):
     assert line.startswith("error: --estimate-for 'NVIDIA H2000': no step times measured on such a device")
     result = harness("run", "--models", "kda", *TINY, "--estimate-for", "cpu", "--out", out, env=env)
     assert result.returncode == 2 and "goes with --dry-run" in result.stderr and not out.exists()
+
+
+def test_wall_when_packed_scales_by_the_cells_that_shared_the_gpu(cells):
+    from harness.run.cost import wall_when_packed
+
+    shapes = shapes_of(cells)
+    kda32 = next(c for c in cells if c.model_name == "kda" and c.train.batch_size == 32)
+    mla32 = next(c for c in cells if c.model_name == "mla" and c.train.batch_size == 32)
+    alone = _measured(shapes[kda32.id]).cell_s(kda32)
+    # kda's shape measured in a store beside 11 other cells; mla's alone, by `harness bench steps`
+    table = [_measured(shapes[kda32.id], source="store runs", shared_by=12), _measured(shapes[mla32.id])]
+    at_12 = wall_when_packed([kda32, mla32], shapes, table, GPU, packing=12)
+    at_4 = wall_when_packed([kda32, mla32], shapes, table, GPU, packing=4)
+    assert at_12[kda32.id] == pytest.approx(alone) and at_4[kda32.id] == pytest.approx(alone * 4 / 12)
+    assert at_12[mla32.id] == pytest.approx(alone * 12)  # alone, then 12 sharing: 12 times as long
+    # a measurement at the packing itself is taken as it is
+    packed = dataclasses.replace(_measured(shapes[mla32.id], cells_per_gpu=4), step_s=0.02)
+    assert wall_when_packed([mla32], shapes, [*table, packed], GPU, 4)[mla32.id] == pytest.approx(
+        packed.cell_s(mla32)
+    )
+    # a store cell that does not say whether it shared its GPU counts as measured at this packing
+    unsaid = [_measured(shapes[kda32.id], source="store old", shared_by=None)]
+    assert wall_when_packed([kda32], shapes, unsaid, GPU, 6)[kda32.id] == pytest.approx(alone)
+    assert wall_when_packed([kda32], shapes, [], GPU, 6) == {kda32.id: None}

@@ -248,3 +248,36 @@ def test_stop_starting_after_on_the_command_line(tmp_path):
         main([*args, "--stop-starting-after", "-1"])
     assert bad.value.code == 2
     assert not list(out.glob("cells/*.jsonl"))
+
+
+def test_a_cell_whose_estimate_does_not_fit_before_the_deadline_is_left_for_the_next_sweep(tmp_path):
+    store = ResultStore(tmp_path)
+    cells = small_cells(lrs=(1e-3, 2e-3, 3e-3))
+    # estimates: one fits, one would run past the deadline, one is unknown (it starts)
+    wall_s = {cells[0].id: 1.0, cells[1].id: 1e6, cells[2].id: None}
+    first = run_cells(cells, store, deadline=time.monotonic() + 3600, wall_s=wall_s)
+    assert first.ran == 2 and first.would_not_fit == [cells[1].id]
+    assert store.done() == {cells[0].id, cells[2].id}
+    rest = run_cells(cells, store)
+    assert (rest.ran, rest.skipped) == (1, 2)
+
+
+def test_deadline_on_the_command_line(tmp_path):
+    out = tmp_path / "runs"
+    args = ["run", "--models", "mla", "--suite", "smoke", "--out", str(out), "--device", "cpu",
+            "--set", "train.max_steps=4", "--set", "train.eval_every=2", "--set", "task.num_train=32",
+            "--set", "task.num_test=8", "--set", "train.batch_size=8"]  # fmt: skip
+    first = CliRunner().invoke(app, [*args, "--lrs", "1e-3"])
+    assert first.exit_code == 0, first.output
+    # the stored cell measures the shape of the lr 3e-3 cell: a deadline shorter than it leaves it for later
+    # (--stop-starting-after, which would otherwise be half the deadline, is moved out of the way)
+    late = ["--deadline", "0.01", "--stop-starting-after", "1000"]
+    result = CliRunner().invoke(app, [*args, "--lrs", "1e-3,3e-3", *late])
+    assert result.exit_code == 0, result.output
+    assert "0 cell(s) run, 1 already in" in result.output
+    assert "1 not started because their estimated time no longer fitted before --deadline" in result.output
+    for bad in ("0", "-5", "inf"):
+        with pytest.raises(SystemExit) as exit_:
+            main([*args, "--lrs", "3e-3", "--deadline", bad])
+        assert exit_.value.code == 2
+    assert len(list(out.glob("cells/*.jsonl"))) == 1
