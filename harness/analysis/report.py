@@ -176,9 +176,26 @@ def best_lr(summary: pd.DataFrame) -> pd.DataFrame:
     per_lr = per_lr.dropna(subset=["rank_score"])
     best = per_lr.loc[per_lr.groupby(keys, dropna=False)["rank_score"].idxmax(), keys + ["lr"]]
     tried = summary.groupby(keys, dropna=False)["lr"].nunique(dropna=False).rename("lrs").reset_index()
-    table = summary.merge(best, on=keys + ["lr"]).merge(tried, on=keys)
+    edges = per_lr.groupby(keys, dropna=False).apply(_lr_edge, include_groups=False).rename("lr_edge")
+    table = summary.merge(best, on=keys + ["lr"]).merge(tried, on=keys).merge(edges.reset_index(), on=keys)
     table.attrs["configs"] = summary.attrs.get("configs", {})
     return table.reset_index(drop=True)
+
+
+def _lr_edge(per_lr: pd.DataFrame) -> str:
+    """'lowest' or 'highest' when one configuration's best lr is at that end of three or more lrs tried and clearly
+    ahead of every other (by more than 1% of its score and more than 0.005): the best may lie beyond the grid. '' otherwise, also
+    when an lr inside the grid does about as well (several at the ceiling of a task)."""
+    scores = per_lr.dropna(subset=["lr"]).sort_values("lr")
+    if len(scores) < 3:
+        return ""
+    top = scores["rank_score"].max()
+    best = scores.loc[scores["rank_score"].idxmax(), "lr"]
+    # within 1% of the best, or 0.005 (an accuracy at chance is 0.0002 for one lr and 0.0003 for another)
+    close = scores[(scores["lr"] != best) & (scores["rank_score"] >= top - max(0.01 * abs(top), 0.005))]
+    if not close.empty:
+        return ""
+    return "lowest" if best == scores["lr"].iloc[0] else "highest" if best == scores["lr"].iloc[-1] else ""
 
 
 def best_curves(
@@ -237,6 +254,7 @@ def pivot(best: pd.DataFrame) -> pd.DataFrame:
                 state=rows["state"].max(),
                 lr=rows["lr"].iloc[0],
                 lrs=rows["lrs"].iloc[0],
+                lr_edge=rows["lr_edge"].iloc[0] if "lr_edge" in rows else "",
                 seeds=rows["seeds"].min(),
                 values=rows["values"].min(),
                 steps_min=rows["steps_min"].min(),
@@ -264,6 +282,7 @@ def pivot_markdown(best: pd.DataFrame) -> str:
         "metric",
         "setting_id",
         "lrs",
+        "lr_edge",
         "values",
         "steps_min",
         "steps_max",
@@ -278,7 +297,10 @@ def pivot_markdown(best: pd.DataFrame) -> str:
                 params=group["params"].map(lambda n: "" if pd.isna(n) else human(n)),
                 # rows of no slice (throughput, lm-eval) have no state size
                 state=group["state"].map(lambda n: "" if pd.isna(n) else human(n)),
-                lr=[_lr_text(lr, n) for lr, n in zip(group["lr"], group["lrs"], strict=True)],
+                lr=[
+                    _lr_text(lr, n, edge)
+                    for lr, n, edge in zip(group["lr"], group["lrs"], group["lr_edge"], strict=True)
+                ],
                 seeds=[_seeds_text(s, v) for s, v in zip(group["seeds"], group["values"], strict=True)],
                 steps=[
                     _steps_text(a, b) + (f" {IMPROVING_MARK}" if improving else "")
@@ -300,15 +322,22 @@ def pivot_markdown(best: pd.DataFrame) -> str:
         "mean ± half-width of the 95% t-interval over the values pooled (no ± with one); seeds: distinct seeds"
         " (and values, where they differ); best lr by the mean over slices; one row per trained configuration"
     )
+    if table["lr_edge"].ne("").any():
+        intervals += (
+            "; 'the lowest' / 'the highest': the best lr is at that end of the lrs tried, clearly ahead of the"
+            " others, so a better one may lie beyond them"
+        )
     if table["improving"].gt(0).any():
         intervals += f"; {IMPROVING_LEGEND}"
     return "\n\n".join(parts) + f"\n\n({intervals})"
 
 
-def _lr_text(lr: float, tried: int) -> str:
+def _lr_text(lr: float, tried: int, edge: str = "") -> str:
     if pd.isna(lr):
         return ""
-    return f"{lr:g} (best of {tried})" if tried > 1 else f"{lr:g}"
+    if tried <= 1:
+        return f"{lr:g}"
+    return f"{lr:g} (best of {tried}, the {edge})" if edge else f"{lr:g} (best of {tried})"
 
 
 def _seeds_text(seeds: int, values: int) -> str:

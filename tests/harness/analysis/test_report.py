@@ -132,3 +132,18 @@ def test_training_curves_come_from_one_lr_per_configuration(tmp_path):
     curves = best_curves(rows, best, store, metric="accuracy")
     assert set(curves["lr"]) == {1e-3} and curves["valid_accuracy"].tolist() == [0.9, 0.9]
     assert set(best_curves(rows, best, store, metric="loss")["lr"]) == {1e-2}
+
+
+def test_a_best_lr_at_the_end_of_the_grid_says_so():
+    def table(scores):
+        rows = pd.DataFrame([row("kda", "mqar", "seq_len=64", lr, 0, v) for lr, v in scores.items()])
+        return pivot_markdown(best_lr(summarize(rows)))
+
+    assert "(best of 3, the lowest)" in table({1e-4: 0.9, 1e-3: 0.5, 1e-2: 0.1})
+    assert "(best of 3, the highest)" in table({1e-4: 0.1, 1e-3: 0.5, 1e-2: 0.9})
+    assert "the lowest" not in table({1e-4: 0.5, 1e-3: 0.9, 1e-2: 0.1})  # inside the grid
+    assert "the lowest" not in table(
+        {1e-4: 1.0, 1e-3: 0.998, 1e-2: 0.1}
+    )  # an inner lr as good: at the ceiling
+    assert "the highest" not in table({1e-4: 0.0002, 1e-3: 0.0002, 1e-2: 0.0003})  # all at chance
+    assert "the lowest" not in table({1e-4: 0.9, 1e-3: 0.5})  # two lrs: always at an end, nothing to say
