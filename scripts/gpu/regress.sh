@@ -3,7 +3,7 @@
 # each at its best baseline lr, first seed, rebuilt from the stored config) and fail when one falls below its
 # baseline beyond the seed spread. Run from the repository root on a CUDA machine; exits 1 on a regression.
 #
-#   bash scripts/gpu/regress.sh            # about 5 minutes on one H200
+#   bash scripts/gpu/regress.sh            # about 5 minutes on one H200 (not yet run against these baselines)
 set -uo pipefail
 export PYTHONPATH=$PWD HARNESS_CACHE=off PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
 out=${OUT:-/tmp/out}
@@ -14,6 +14,8 @@ check() {  # BASELINE MODELS
         --out "$out/regress-$(basename "$1")" 2>&1 | grep -v "step/s" | tail -n 20
     [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 }
-check results/zoology-h200 "mla@zoology-128,kda@zoology-128,gdn@zoology-128,mamba2@zoology-128"
+# configurations that leave the MQAR plateau well inside their budget (a cell that leaves it near its end, such
+# as kda@zoology-64, scores anywhere between 0.5 and 0.99 from run to run: no regression test)
+check results/zoology-h200/store "mla@zoology-128,mla@zoology-256,kda@zoology-128"
 check results/kimi-small-h200 "mla@kimi-synth,kda@kimi-synth"
 exit $status
