@@ -285,14 +285,26 @@ def word_level_tokenizer(words: list[str]):
 
 
 def plan_examples(
-    split: str, train: Sequence, test: Sequence, num_train: int, num_test: int
+    split: str,
+    train: Sequence,
+    test: Sequence,
+    num_train: int,
+    num_test: int,
+    shares: Sequence[float] | None = None,
 ) -> list[tuple[Any, int]]:
-    """(setting, number of examples) of every slice of a split: the training mixture splits num_train evenly
-    between the train settings; valid and test get num_test examples per test setting."""
-    if split == "train":
+    """(setting, number of examples) of every slice of a split: the training mixture splits num_train between the
+    train settings, evenly or in proportion to `shares` (the counts add up to num_train); valid and test get
+    num_test examples per test setting."""
+    if split != "train":
+        return [(setting, num_test) for setting in test]
+    if shares is None:
         parts = np.array_split(np.arange(num_train), len(train))
         return [(setting, len(part)) for setting, part in zip(train, parts, strict=True)]
-    return [(setting, num_test) for setting in test]
+    exact = np.asarray(shares, dtype=float) / float(sum(shares)) * num_train
+    counts = np.floor(exact).astype(int)
+    for i in np.argsort(counts - exact)[: num_train - counts.sum()]:  # largest remainders get the rest
+        counts[i] += 1
+    return [(setting, int(n)) for setting, n in zip(train, counts, strict=True)]
 
 
 def split_seed(seed: int, split: str) -> int:

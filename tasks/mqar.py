@@ -16,10 +16,11 @@ trained only at one long length can score 0 (docs/reference.md §3).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from harness.config import ADDED_LATER
 from harness.errors import HarnessError
 from harness.registry import TASKS
 
@@ -31,7 +32,10 @@ class MQARConfig(TaskConfig):
     vocab_size: int = 8192
     """Token vocabulary: keys from [1, V/2), values from [V/2, V), 0 is filler."""
     train_settings: tuple[tuple[int, int], ...] = ((64, 4), (128, 8), (256, 16))
-    """(seq_len, num_pairs) of the training mixture; examples split evenly between them."""
+    """(seq_len, num_pairs) of the training mixture; examples split evenly between them unless `train_shares`."""
+    train_shares: tuple[float, ...] | None = field(default=None, metadata=ADDED_LATER)
+    """Relative shares of num_train per train setting (Zoology's mixture: 5, 1, 1, 1, 1 for 100K at (64, 4) and
+    20K at each other setting); None splits evenly."""
     test_settings: tuple[tuple[int, int], ...] = ((64, 4), (128, 8), (256, 16))
     """(seq_len, num_pairs) of each test slice."""
     power_a: float = 0.01
@@ -47,6 +51,14 @@ class MQAR(Task):
 
     def validate(self, config: MQARConfig) -> None:
         require_settings("mqar", config, "train_settings", "test_settings", "(seq_len, pairs)")
+        shares = config.train_shares
+        if shares is not None and (
+            len(shares) != len(config.train_settings) or not all(x > 0 for x in shares)
+        ):
+            raise HarnessError(
+                f"mqar: train_shares needs one share above 0 per train setting ({len(config.train_settings)}),"
+                f" got {list(shares)}"
+            )
         for seq_len, pairs in {*config.train_settings, *config.test_settings}:
             if pairs < 1 or 4 * pairs > seq_len:
                 raise HarnessError(
@@ -69,8 +81,9 @@ class MQAR(Task):
         self.validate(config)
         rng = np.random.default_rng(split_seed(seed, split))
         plan = plan_examples(
-            split, config.train_settings, config.test_settings, config.num_train, config.num_test
-        )
+            split, config.train_settings, config.test_settings, config.num_train, config.num_test,
+            shares=config.train_shares,
+        )  # fmt: skip
         slices = []
         for (seq_len, pairs), n in plan:
             inputs, labels = mqar_examples(rng, n, seq_len, pairs, config.vocab_size, config.power_a)

@@ -108,3 +108,27 @@ def test_text_rendering_uses_one_word_per_token():
     (piece,) = task.generate(config, "test", 0)
     text = task.render(config, piece.inputs[0])
     assert len(text.split(" ")) == 16 and text.startswith("k")
+
+
+def test_train_shares_split_the_mixture_as_zoology_does():
+    # Zoology's mixture: 100K examples at (64, 4) and 20K at each other setting
+    settings = ((64, 4), (128, 8), (256, 16), (256, 32), (256, 64))
+    zoology = MQARConfig(vocab_size=512, train_settings=settings, train_shares=(5, 1, 1, 1, 1), num_train=900)
+    assert [len(s) for s in MQAR().generate(zoology, "train", 0)] == [500, 100, 100, 100, 100]
+    uneven = MQARConfig(vocab_size=512, train_settings=settings[:3], train_shares=(1, 1, 1), num_train=100)
+    assert [len(s) for s in MQAR().generate(uneven, "train", 0)] == [34, 33, 33]  # every example is used
+    with pytest.raises(HarnessError, match="one share above 0 per train setting"):
+        MQAR().validate(MQARConfig(train_settings=settings, train_shares=(5, 1)))
+    with pytest.raises(HarnessError, match="one share above 0 per train setting"):
+        MQAR().validate(MQARConfig(train_settings=settings[:2], train_shares=(1, 0)))
+
+
+def test_train_shares_left_unset_keep_the_ids_of_configs_stored_before_them():
+    from harness.config import config_hash, to_dict
+
+    even = MQARConfig(train_settings=((64, 4), (128, 8)))
+    shared = MQARConfig(train_settings=((64, 4), (128, 8)), train_shares=(1, 1))
+    assert "train_shares" not in to_dict(even, for_hash=True) and "train_shares" in to_dict(
+        shared, for_hash=True
+    )
+    assert config_hash(even) != config_hash(shared)
