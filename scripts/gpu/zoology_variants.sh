@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Why do GDN (widths 64-128) and MLA (width 512) miss in the zoology suite (results/zoology-h200/)? One device call
+# that trains the suspects' cells under changed settings, side by side on one GPU, into one store, through
+# `harness run` itself: each variant is a --set on the suite's own cells, so its rows are labelled with what
+# changed (`gdn@zoology-128 [task.num_train=180000, ...]`) and sit beside the suite's in one report when the two
+# stores are read together. docs/findings/mqar-plateau.md ("Open") says what each one tests.
+#
+#   OUT=/tmp/out bash scripts/gpu/zoology_variants.sh [SECONDS]      # default 540; writes $OUT/variants.tgz, .md
+#
+# Every `harness run` below shares the GPU (leases keep them apart in the store); all stop starting cells by the
+# deadline, and what finished is packed even if the call is cut short.
+set -uo pipefail
+seconds=${1:-540}
+out=${OUT:-/tmp/out}
+store=runs/zoology-variants
+export PYTHONPATH=$PWD HARNESS_CACHE=off PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
+mkdir -p "$out"
+[ -f carry/variants.tgz ] && bash scripts/store_tar.sh unpack carry/variants.tgz "$store"
+# Zoology's own mixture: 100K examples at (64, 4) and 20K at each of the other four settings (the suite: 20K each)
+ZOOLOGY_DATA=(--set task.num_train=180000 --set task.train_shares=5,1,1,1,1)
+variant() {  # NAME MODEL LRS harness-run-arguments...
+    local name=$1 model=$2 lrs=$3
+    shift 3
+    timeout -s TERM "$seconds" python3 -m harness.cli run --suite zoology --scale small --models "$model" \
+        --lrs "$lrs" --device cuda --out "$store" --checkpoint-every off --deadline "$((seconds - 20))" \
+        "$@" >"/tmp/variant-$name.log" 2>&1 &
+}
+# GDN at chance: more distinct data (it fitted the suite's 100K), and Zoology's top lr
+variant gdn-data gdn@zoology-128 1e-3 "${ZOOLOGY_DATA[@]}"
+variant gdn-lr gdn@zoology-128 1e-2
+variant gdn64-data gdn@zoology-64 3e-3 "${ZOOLOGY_DATA[@]}"
+# KDA at width 64 left the plateau at the end of its budget: does more data move it earlier?
+variant kda64-data kda@zoology-64 3e-3 "${ZOOLOGY_DATA[@]}"
+# MLA at width 512 below 0.99: the grid's lower end, its latent as wide as the model, Zoology's data
+variant mla512-lr mla@zoology-512 1e-4
+variant mla512-latent mla@zoology-512 3e-4 --set model.mla.kv_lora_rank=512
+variant mla512-data mla@zoology-512 3e-4 "${ZOOLOGY_DATA[@]}"
+wait
+for log in /tmp/variant-*.log; do echo "== $log"; grep -v "step/s" "$log" | grep -E "^\[|error|Error" | tail -5; done
+bash scripts/store_tar.sh pack "$store" "$out/variants.tgz"
+python3 -m harness.cli report --out "$store" --no-figures --report-dir /tmp/variants-report >"$out/variants.md" 2>&1
+cat "$out/variants.md"
