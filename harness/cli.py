@@ -100,7 +100,12 @@ def run(
     device: Annotated[
         str | None, typer.Option(help="auto, cpu, cuda or cuda:N (shortcut for --set train.device=).")
     ] = None,
-    launcher: Annotated[str, typer.Option(help="inprocess, pool (local GPUs) or ray.")] = "inprocess",
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="inprocess, pool (worker processes), streams (threads and CUDA streams of one process, one GPU) or ray."
+        ),
+    ] = "inprocess",
     cells_per_gpu: Annotated[int, typer.Option(help="pool/ray: cells run at once per GPU.")] = 1,
     workers: Annotated[
         int | None,

@@ -1,11 +1,14 @@
 """How much faster small cells run packed several per GPU than one at a time.
 
     HARNESS_CACHE=off python scripts/bench_packing.py --cells 16 --steps 300 --packing 1,2,4,8
+    HARNESS_CACHE=off python scripts/bench_packing.py --launchers pool,streams --packing 1,12 --cells 12 \
+        --suite zoology --scale small --models mla@zoology-64,kda@zoology-64,gdn@zoology-64,mamba2@zoology-64
 
-Runs the same N small cells (tiny models of every mixer on the smoke MQAR, a fixed number of steps, no early stop)
-once per packing K: through the pool launcher with K workers on the one visible GPU (K = 1 is one at a time),
-and once in this process, one after the other. Each run writes to its own temporary store. Prints the wall time
-of each and the speedup over one at a time; --json writes the numbers too.
+Runs the same N small cells (by default tiny models of every mixer on the smoke MQAR; a fixed number of steps, no
+early stop) once per launcher and packing K: the pool launcher with K worker processes on the one visible GPU
+(K = 1 is one at a time), the streams launcher with K threads of this process, each on its own CUDA stream, and
+once in this process, one after the other. Each run writes to its own temporary store. Prints the wall time of
+each and the speedup over one at a time; --json writes the numbers too.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import torch
 import models.presets  # noqa: F401 - registers the model presets
 import tasks  # noqa: F401 - registers the tasks and suites
 from harness.results.store import ResultStore
-from harness.run.launchers import InProcess, LaunchOptions, Pool, visible_gpus
+from harness.run.launchers import InProcess, LaunchOptions, Pool, Streams, visible_gpus
 from harness.run.sweep import plan_cells, run_cells
 
 
@@ -32,6 +35,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=300, help="training steps per cell")
     parser.add_argument("--packing", default="1,2,4,8", help="cells per GPU to try (1 = one at a time)")
     parser.add_argument("--models", default="kda,gdn,mamba2,mla")
+    parser.add_argument("--suite", default="smoke")
+    parser.add_argument("--scale", default="tiny")
+    parser.add_argument("--launchers", default="pool", help="comma-separated: pool, streams")
     parser.add_argument("--no-inprocess", action="store_true", help="skip the in-process baseline")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
@@ -44,10 +50,12 @@ def main() -> None:
         "train.target_accuracy=none",
         "task.num_train=4000",
     ]
-    cells = plan_cells(models, "smoke", "tiny", overrides, seeds=seeds)[: args.cells]
+    cells = plan_cells(models, args.suite, args.scale, overrides, seeds=seeds)[: args.cells]
     gpus = visible_gpus()
     device = torch.cuda.get_device_name(0) if gpus else "cpu"
-    print(f"{len(cells)} cells of {args.steps} steps ({', '.join(models)}, tiny, smoke MQAR) on {device}")
+    print(
+        f"{len(cells)} cells of {args.steps} steps ({', '.join(models)}, {args.suite} {args.scale}) on {device}"
+    )
     if len(gpus) > 1:
         print(
             f"note: {len(gpus)} GPUs visible; set CUDA_VISIBLE_DEVICES to one GPU to measure packing on one"
@@ -55,9 +63,15 @@ def main() -> None:
 
     results = []
     runs = [("inprocess", 0)] if not args.no_inprocess else []
-    runs += [("pool", int(k)) for k in args.packing.split(",")]
+    runs += [(mode, int(k)) for mode in args.launchers.split(",") for k in args.packing.split(",")]
+    kinds = {"pool": Pool, "streams": Streams}
     for mode, packing in runs:
-        launcher = InProcess() if mode == "inprocess" else Pool(LaunchOptions(cells_per_gpu=packing))
+        if mode == "inprocess":
+            launcher = InProcess()
+        elif mode in kinds:
+            launcher = kinds[mode](LaunchOptions(cells_per_gpu=packing))
+        else:
+            raise SystemExit(f"--launchers: unknown launcher '{mode}'; choose from pool, streams")
         with tempfile.TemporaryDirectory() as tmp:
             store = ResultStore(tmp)
             start = time.perf_counter()

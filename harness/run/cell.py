@@ -7,6 +7,7 @@ import errno
 import re
 import shutil
 import tempfile
+import threading
 import time
 import traceback
 from collections.abc import Sequence
@@ -98,6 +99,10 @@ class CellOptions:
     """Log the same as a Weights & Biases run."""
 
 
+_SEEDING = threading.Lock()
+"""Held while a cell seeds torch's global generator and initialises its model from it."""
+
+
 def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Train and evaluate one cell. Returns (result rows as dicts of the Row schema, extra metadata such as the
     training history).
@@ -118,8 +123,11 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
             logger = RunLogger(cell, options.log_dir, options.wandb)
         data = cell_data(cell.task_name, cell.task, cell.seed)
         device = resolve_device(cell.train.device)
-        torch.manual_seed(cell.seed)
-        model = LanguageModel(cell.model)
+        with (
+            _SEEDING
+        ):  # the global generator: cells of other threads (the streams launcher) must not draw from it now
+            torch.manual_seed(cell.seed)
+            model = LanguageModel(cell.model)
         base = base.with_(**_model_columns(model, cell, device))
         outcome = train(
             model,

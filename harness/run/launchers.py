@@ -4,11 +4,17 @@ result; a launcher only runs cells and hands back (rows, meta).
     inprocess   one cell at a time in this process (default)
     pool        worker processes on this machine: `cells_per_gpu` per visible GPU, each worker pinned to its GPU
                 with CUDA_VISIBLE_DEVICES; on a machine without GPUs, `workers` CPU processes
+    streams     `cells_per_gpu` cells at once in this process, each in its own thread and CUDA stream, on one GPU:
+                a GPU runs the kernels of different processes in turns (one process's context at a time), but
+                those of one process's streams side by side, so small cells that leave most of it idle can fill
+                it together. The cells share one process: a crash in native code or a CUDA error that breaks
+                the context ends all of them (they are not stored and run again next time), and their Python
+                work shares one interpreter lock.
     ray         tasks on a Ray cluster (`address`: an existing cluster such as 'auto' or 'ray://head:10001';
                 None starts a local Ray instance). Every node needs this harness installed at the same commit.
 
 Each finished cell's metadata says how many cells ran at once on its device while it ran (`cells_at_once`, the
-most at any moment, itself included; pool and inprocess), since a cell's wall time on a shared GPU is no time of
+most at any moment, itself included; pool, streams and inprocess), since a cell's wall time on a shared GPU is no time of
 the cell alone (harness/run/cost.py reads it).
 
 Cells packed on one GPU share its memory. A pool worker hands its cached GPU memory back after every cell (the next
@@ -25,6 +31,7 @@ pool's workers notice and exit, and Ray ends the tasks of a driver that is gone:
 from __future__ import annotations
 
 import gc
+import itertools
 import multiprocessing
 import os
 import queue
@@ -40,6 +47,7 @@ from tqdm.auto import tqdm
 from harness.errors import HarnessError, warn
 from harness.plugins import load_plugins, loaded_modules
 from harness.registry import LAUNCHERS
+from harness.run import step_capture
 from harness.run.cell import Cell, CellOptions, environment_failure, run_cell
 
 Finished = tuple[Cell, list[dict[str, Any]], dict[str, Any]]
@@ -285,6 +293,111 @@ def _exit_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+@LAUNCHERS.register("streams")
+class Streams:
+    """`cells_per_gpu` cells at once in this process, each in a thread of its own with its own CUDA stream (on a
+    CPU machine, threads alone). One GPU: with several visible, pin one with CUDA_VISIBLE_DEVICES or use the pool."""
+
+    def __init__(self, options: LaunchOptions | None = None):
+        options = options or LaunchOptions()
+        if options.cells_per_gpu < 1:
+            raise HarnessError(f"--cells-per-gpu must be at least 1, got {options.cells_per_gpu}")
+        if len(visible_gpus()) > 1:
+            raise HarnessError(
+                "--launcher streams runs its cells on one GPU and this process sees "
+                f"{len(visible_gpus())}: set CUDA_VISIBLE_DEVICES to one of them, or use --launcher pool"
+            )
+        self._limit = options.cells_per_gpu
+        """Cells at once, lowered when a cell runs out of memory beside others (as the pool does)."""
+        self._queue: deque[tuple[Cell, CellOptions]] = deque()
+        self._running: dict[int, _Running] = {}
+        self._results: queue.Queue = queue.Queue()
+        self._keys = itertools.count()
+        # the allocator's cache is every cell's here: no cell empties it for the others after its capture
+        step_capture.EMPTY_CACHE_AFTER_CAPTURE = False
+
+    @property
+    def slots(self) -> int:
+        return self._limit
+
+    def submit(self, cell: Cell, options: CellOptions) -> None:
+        self._queue.append((cell, options))
+        self._dispatch()
+
+    def wait(self, timeout: float) -> list[Finished]:
+        finished = []
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                key, rows, meta = self._results.get(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+            except queue.Empty:
+                pass
+            else:
+                done = self._running.pop(key)
+                if not self._ran_out_beside_others(done, rows):
+                    finished.append((done.cell, rows, meta | {"cells_at_once": done.most_at_once}))
+                self._dispatch()
+                continue
+            if finished or time.monotonic() >= deadline:
+                return finished
+
+    def close(self) -> None:
+        # threads cannot be stopped: cells still running are abandoned (daemon threads end with the process)
+        self._queue.clear()
+
+    def _dispatch(self) -> None:
+        while self._queue and len(self._running) < self._limit:
+            cell, options = self._queue.popleft()
+            record = _Running(cell, options, shared=bool(self._running), most_at_once=len(self._running) + 1)
+            for other in self._running.values():
+                other.shared = True
+                other.most_at_once = max(other.most_at_once, record.most_at_once)
+            key = next(self._keys)
+            self._running[key] = record
+            threading.Thread(
+                target=_cell_on_own_stream,
+                args=(key, cell, options, self._results),
+                daemon=True,
+                name=f"harness-cell-{key}",
+            ).start()
+
+    def _ran_out_beside_others(self, done: _Running, rows: list[dict[str, Any]]) -> bool:
+        if not (done.shared and rows and rows[0].get("status") == "oom"):
+            return False
+        running = len(self._running) + 1
+        self._limit = max(1, min(self._limit, running - 1))
+        self._queue.appendleft((done.cell, done.options))
+        warn(
+            f"{done.cell.label} ran out of GPU memory beside {running - 1} other cell(s): it runs again, and "
+            f"this process now runs at most {self._limit} cell(s) at once"
+        )
+        return True
+
+
+@dataclass(kw_only=False)
+class _Running:
+    cell: Cell
+    options: CellOptions
+    shared: bool
+    """Another cell ran in this process at some time during this one."""
+    most_at_once: int
+
+
+def _cell_on_own_stream(key: int, cell: Cell, options: CellOptions, results: queue.Queue) -> None:
+    """Run a cell in this thread, its CUDA work on a stream of its own (the current stream is per thread)."""
+    try:
+        if torch.cuda.is_available() and str(cell.train.device) != "cpu":
+            stream = torch.cuda.Stream()
+            with torch.cuda.stream(stream):
+                rows, meta = run_cell(cell, options)
+            stream.synchronize()
+        else:
+            rows, meta = run_cell(cell, options)
+    except BaseException as err:  # noqa: BLE001 - run_cell records the cell's own failures; this is the thread's
+        rows, meta = environment_failure(f"the cell's thread failed: {type(err).__name__}: {err}")
+    results.put((key, rows, meta))
 
 
 @LAUNCHERS.register("ray")

@@ -46,6 +46,9 @@ MAX_GRAPHS = 32
 """Shapes captured at most; batches of further shapes run eagerly (tasks with many lengths)."""
 MIN_CAPACITY = 64
 """Fewest scored positions a graph is made for (smaller counts round up to it)."""
+EMPTY_CACHE_AFTER_CAPTURE = True
+"""Hand the allocator's cache back after each capture; the streams launcher, whose cells share this process and its
+cache, turns it off."""
 
 
 def scored_loss(
@@ -202,7 +205,9 @@ class CapturedStep:
         for group, lr in zip(self.optimizer.param_groups, self.lrs, strict=True):
             group["lr"] = lr  # the graph reads the learning rate from the device
         try:
-            with torch.cuda.graph(graph, pool=self.pool, stream=self.side):
+            # thread_local: other threads of this process (the streams launcher's cells) may allocate and
+            # synchronise while this one captures; only this thread's calls must keep out of the capture
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.side, capture_error_mode="thread_local"):
                 loss = self._body(shape.inputs, shape.positions, shape.targets, None)
         except torch.cuda.OutOfMemoryError:
             raise  # the cell's result is 'oom', as eagerly
@@ -219,5 +224,7 @@ class CapturedStep:
         shape.graph, shape.loss = graph, loss
         # The eager warm-up steps left their activations in the allocator's cache, beside the graphs' own pool,
         # which replays never give back: 12 packed kda@kimi-synth cells held 11.9 GiB each against a peak of 7.9
-        # allocated, and the twelfth ran out of memory (H200, 2026-12-02). Hand the cache back.
-        torch.cuda.empty_cache()
+        # allocated, and the twelfth ran out of memory (H200, 2026-12-02). Hand the cache back, unless other cells
+        # of this process use it (the streams launcher).
+        if EMPTY_CACHE_AFTER_CAPTURE:
+            torch.cuda.empty_cache()

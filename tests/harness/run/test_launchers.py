@@ -161,3 +161,76 @@ def test_in_process_cells_ran_alone(tmp_path):
     store = ResultStore(tmp_path)
     run_cells([cell], store, launcher=make_launcher("inprocess"))
     assert store.read_meta(cell.id)["cells_at_once"] == 1
+
+
+def test_streams_runs_cells_side_by_side_with_the_results_of_one_at_a_time(tmp_path, reference, monkeypatch):
+    # two cells in two threads of this process: every row as in process, one after the other (the model's
+    # initialisation draws from torch's global generator under a lock, so neither cell's draws mix with the other's)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    cells, expected = reference
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        store = ResultStore(tmp_path)
+        launcher = make_launcher("streams", LaunchOptions(cells_per_gpu=2))
+        assert launcher.slots == 2
+        assert run_cells(cells, store, launcher=launcher).ran == len(cells)
+    finally:
+        torch.set_num_threads(threads)
+    assert rows_by_cell(store) == rows_by_cell(expected)
+    assert {store.read_meta(cell.id)["cells_at_once"] for cell in cells} == {2}
+
+
+def test_streams_reruns_a_cell_that_ran_out_of_memory_beside_others(monkeypatch, capsys):
+    import threading
+    import time
+
+    import harness.run.launchers as launchers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    a, b = small_cells(lrs=(1e-3, 3e-3), seeds=(0,))
+    calls, release = [], threading.Event()
+
+    def fake_run_cell(cell, options):
+        calls.append(cell.id)
+        if cell.id == b.id:
+            release.wait(5)  # b runs until a has run out of memory beside it
+            return [{"status": "ok"}], {}
+        if calls.count(a.id) == 1:
+            time.sleep(0.1)
+            return [{"status": "oom"}], {}
+        return [{"status": "ok"}], {}
+
+    monkeypatch.setattr(launchers, "run_cell", fake_run_cell)
+    streams = launchers.Streams(LaunchOptions(cells_per_gpu=2))
+    streams.submit(a, None)
+    streams.submit(b, None)
+    assert streams.wait(timeout=2) == []  # a's oom is not its result: it waits for its turn again
+    assert "ran out of GPU memory beside 1 other cell" in capsys.readouterr().err
+    assert streams.slots == 1 and sorted(calls) == sorted([a.id, b.id])
+    release.set()
+    done = []
+    while len(done) < 2:
+        done += streams.wait(timeout=5)
+    assert {cell.id for cell, _, _ in done} == {a.id, b.id} and calls.count(a.id) == 2
+    assert all(rows == [{"status": "ok"}] for _, rows, _ in done)
+
+
+def test_streams_refuses_several_gpus_and_a_failed_thread_is_no_result(monkeypatch, tmp_path):
+    import harness.run.launchers as launchers
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    with pytest.raises(HarnessError, match="runs its cells on one GPU"):
+        make_launcher("streams", LaunchOptions(cells_per_gpu=4))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+    def broken(cell, options):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(launchers, "run_cell", broken)
+    (cell,) = small_cells(lrs=(1e-3,), seeds=(0,))
+    outcome = run_cells(
+        [cell], ResultStore(tmp_path), launcher=launchers.Streams(LaunchOptions(cells_per_gpu=2))
+    )
+    assert outcome.ran == 0 and "illegal memory access" in outcome.unfinished[cell.id]
+    assert not ResultStore(tmp_path).done()
