@@ -365,10 +365,7 @@ def wall_when_packed(
     cell's time by what packing gains (1.3x for 12 small cells on an H200, results/step-speed-h200/), and an
     extrapolation to a larger model overstates it too (small models are bound by launches, not by their size):
     both err towards not starting a cell that would have been cut off."""
-    return _walls(cells, shapes, list(measurements), device, packing)
-
-
-def _walls(cells, shapes, measurements, device, packing) -> dict[str, float | None]:
+    measurements = list(measurements)
     packed = {}
     if packing > 1:
         packed = {c.cell.id: c for c in estimate(cells, shapes, measurements, device, packing)}

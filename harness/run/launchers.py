@@ -327,21 +327,19 @@ class Streams:
         self._dispatch()
 
     def wait(self, timeout: float) -> list[Finished]:
+        # every thread puts its result, whatever happens to its cell: block for the first, take what else is there
         finished = []
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                key, rows, meta = self._results.get(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
-            except queue.Empty:
-                pass
-            else:
+        try:
+            key, rows, meta = self._results.get(timeout=timeout)
+            while True:
                 done = self._running.pop(key)
                 if not self._ran_out_beside_others(done, rows):
                     finished.append((done.cell, rows, meta | {"cells_at_once": done.most_at_once}))
-                self._dispatch()
-                continue
-            if finished or time.monotonic() >= deadline:
-                return finished
+                key, rows, meta = self._results.get_nowait()
+        except queue.Empty:
+            pass
+        self._dispatch()
+        return finished
 
     def close(self) -> None:
         # threads cannot be stopped: cells still running are abandoned (daemon threads end with the process)
