@@ -20,11 +20,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from harness.config import ADDED_LATER
 from harness.errors import HarnessError
 from harness.registry import TASKS
 
-from .base import IGNORE, Slice, Task, TaskConfig, plan_examples, require_settings, split_seed
+from .base import ADDED_LATER, IGNORE, Slice, Task, TaskConfig, plan_examples, require_settings, split_seed
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -124,7 +124,10 @@ def test_train_shares_split_the_mixture_as_zoology_does():
 
 
 def test_train_shares_left_unset_keep_the_ids_of_configs_stored_before_them():
-    from harness.config import config_hash, to_dict
+    import tasks.base
+    from harness.config import ADDED_LATER, config_hash, to_dict
+
+    assert tasks.base.ADDED_LATER == ADDED_LATER
 
     even = MQARConfig(train_settings=((64, 4), (128, 8)))
     shared = MQARConfig(train_settings=((64, 4), (128, 8)), train_shares=(1, 1))
