@@ -302,12 +302,12 @@ def plan_examples(
     num_test examples per test setting."""
     if split != "train":
         return [(setting, num_test) for setting in test]
-    if shares is None:
-        parts = np.array_split(np.arange(num_train), len(train))
-        return [(setting, len(part)) for setting, part in zip(train, parts, strict=True)]
+    shares = [1.0] * len(train) if shares is None else shares
     exact = np.asarray(shares, dtype=float) / float(sum(shares)) * num_train
     counts = np.floor(exact).astype(int)
-    for i in np.argsort(counts - exact)[: num_train - counts.sum()]:  # largest remainders get the rest
+    # the largest remainders get the examples left over, ties to the first settings (even shares: the first
+    # num_train % len(train) settings get one more, as the mixtures stored before shares existed)
+    for i in np.argsort(counts - exact, kind="stable")[: num_train - counts.sum()]:
         counts[i] += 1
     return [(setting, int(n)) for setting, n in zip(train, counts, strict=True)]
 

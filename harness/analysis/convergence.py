@@ -8,7 +8,8 @@ budget's verdict for the architecture's.
 The rule, over the last quarter of a cell's steps (from the last history point at or before 3/4 of its final step
 to its final point): validation accuracy rose by at least ACCURACY_GAIN, or the loss fell by at least LOSS_FALL of
 its value and by at least LOSS_FALL_NATS (the second keeps a converged loss of 0.010 -> 0.009 from counting). The
-loss is the validation loss, the training loss where a cell recorded none. A cell that stopped before its max_steps (early stop at its target accuracy) is not marked.
+loss is the validation loss, the training loss where a cell recorded none. A cell that stopped before its
+max_steps (early stop at its target accuracy) is not marked.
 """
 
 from __future__ import annotations
@@ -36,9 +37,9 @@ def _number(point: dict[str, Any], key: str) -> float | None:
 
 
 def still_improving(history: Sequence[dict[str, Any]], max_steps: int | None = None) -> bool | None:
-    """True when the curve in `history` (points with step, valid_accuracy, valid_loss or train_loss) was still rising or falling
-    at its end by the module's rule; False when it had flattened or the cell stopped early; None when the history
-    is too short to tell (fewer than three points)."""
+    """True when the curve in `history` (points with step, valid_accuracy, valid_loss or train_loss) was still
+    moving at its end by the module's rule; False when it had flattened or the cell stopped early; None when the
+    history is too short to tell (fewer than three points)."""
     points = [p for p in history if _number(p, "step") is not None]
     if len(points) < 3:
         return None

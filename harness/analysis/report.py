@@ -184,8 +184,8 @@ def best_lr(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _lr_edge(per_lr: pd.DataFrame) -> str:
     """'lowest' or 'highest' when one configuration's best lr is at that end of three or more lrs tried and clearly
-    ahead of every other (by more than 1% of its score and more than 0.005): the best may lie beyond the grid. '' otherwise, also
-    when an lr inside the grid does about as well (several at the ceiling of a task)."""
+    ahead of every other (by more than 1% of its score and more than 0.005): the best may lie beyond the grid.
+    '' otherwise, also when an lr inside the grid does about as well (several at the ceiling of a task)."""
     scores = per_lr.dropna(subset=["lr"]).sort_values("lr")
     if len(scores) < 3:
         return ""
@@ -254,12 +254,12 @@ def pivot(best: pd.DataFrame) -> pd.DataFrame:
                 state=rows["state"].max(),
                 lr=rows["lr"].iloc[0],
                 lrs=rows["lrs"].iloc[0],
-                lr_edge=rows["lr_edge"].iloc[0] if "lr_edge" in rows else "",
+                lr_edge=rows["lr_edge"].iloc[0],
                 seeds=rows["seeds"].min(),
                 values=rows["values"].min(),
                 steps_min=rows["steps_min"].min(),
                 steps_max=rows["steps_max"].max(),
-                improving=rows["improving"].max() if "improving" in rows else 0,
+                improving=rows["improving"].max(),
                 setting_id=rows["setting_id"].iloc[0],
             )
             for name in slices:

@@ -123,9 +123,8 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
             logger = RunLogger(cell, options.log_dir, options.wandb)
         data = cell_data(cell.task_name, cell.task, cell.seed)
         device = resolve_device(cell.train.device)
-        with (
-            _SEEDING
-        ):  # the global generator: cells of other threads (the streams launcher) must not draw from it now
+        # torch's global generator: cells of other threads (the streams launcher) must not draw from it meanwhile
+        with _SEEDING:
             torch.manual_seed(cell.seed)
             model = LanguageModel(cell.model)
         base = base.with_(**_model_columns(model, cell, device))

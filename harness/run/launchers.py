@@ -344,6 +344,7 @@ class Streams:
     def close(self) -> None:
         # threads cannot be stopped: cells still running are abandoned (daemon threads end with the process)
         self._queue.clear()
+        step_capture.EMPTY_CACHE_AFTER_CAPTURE = True
 
     def _dispatch(self) -> None:
         while self._queue and len(self._running) < self._limit:
