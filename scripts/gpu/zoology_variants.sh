@@ -6,6 +6,7 @@
 # stores are read together. docs/findings/mqar-plateau.md ("Open") says what each one tests.
 #
 #   OUT=/tmp/out bash scripts/gpu/zoology_variants.sh [SECONDS]      # default 540; writes $OUT/variants.tgz, .md
+#   ONLY=gdn-data,mla512-lr OUT=/tmp/out bash scripts/gpu/zoology_variants.sh 300     # some of them only
 #
 # Every `harness run` below shares the GPU (leases keep them apart in the store); all stop starting cells by the
 # deadline, and what finished is packed even if the call is cut short.
@@ -21,6 +22,7 @@ ZOOLOGY_DATA=(--set task.num_train=180000 --set task.train_shares=5,1,1,1,1)
 variant() {  # NAME MODEL LRS harness-run-arguments...
     local name=$1 model=$2 lrs=$3
     shift 3
+    [ -z "${ONLY:-}" ] || [[ ",$ONLY," == *",$name,"* ]] || return 0
     timeout -s TERM "$seconds" python3 -m harness.cli run --suite zoology --scale small --models "$model" \
         --lrs "$lrs" --device cuda --out "$store" --checkpoint-every off --deadline "$((seconds - 20))" \
         "$@" >"/tmp/variant-$name.log" 2>&1 &
