@@ -15,6 +15,7 @@ never is), and the final validation accuracy. docs/findings/mqar-plateau.md repo
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -87,6 +88,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--time-limit", type=float, help="stop after this many seconds of training (curve so far kept)"
     )
+    p.add_argument(
+        "--mixer-field",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="a field of the mixers' configs, e.g. A_init_range=1,1 or dt_init_range=0.001,0.01 (repeatable)",
+    )
     p.add_argument("--tag", default="")
     p.add_argument("--log", type=Path)
     return p
@@ -135,6 +143,21 @@ def decay_everything(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW
     )
 
 
+def with_mixer_fields(mixers: dict, assignments: list[str]) -> dict:
+    """Each mixer config that has the field gets the value ('1,1' is a tuple, '16' an int, '0.5' a float)."""
+    out = dict(mixers)
+    for assignment in assignments:
+        name, _, text = assignment.partition("=")
+        parts = [int(x) if x.lstrip("-").isdigit() else float(x) for x in text.split(",")]
+        value = tuple(parts) if len(parts) > 1 else parts[0]
+        hits = [m for m, c in out.items() if name in {f.name for f in dataclasses.fields(c)}]
+        if not hits:
+            raise SystemExit(f"--mixer-field {assignment}: no mixer of this model has a field '{name}'")
+        for m in hits:
+            out[m] = dataclasses.replace(out[m], **{name: value})
+    return out
+
+
 def build_model(args) -> LanguageModel:
     base = SIZES.get(args.size)
     size = Size(
@@ -150,6 +173,8 @@ def build_model(args) -> LanguageModel:
         tie_embeddings=args.tie,
         init_std=args.init_std,
     )
+    if args.mixer_field:
+        config = dataclasses.replace(config, mixers=with_mixer_fields(config.mixers, args.mixer_field))
     torch.manual_seed(args.seed)
     model = LanguageModel(config)
     if args.no_mlp:

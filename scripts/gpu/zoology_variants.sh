@@ -31,6 +31,11 @@ variant() {  # NAME MODEL LRS harness-run-arguments...
 variant gdn-data gdn@zoology-128 1e-3 "${ZOOLOGY_DATA[@]}"
 variant gdn-lr gdn@zoology-128 1e-2
 variant gdn64-data gdn@zoology-64 3e-3 "${ZOOLOGY_DATA[@]}"
+# ... or its forget gate's start: with one or two heads, each head's decay is one random draw (half-lives of 4-83
+# tokens at seed 0), where KDA draws one per channel (some start near 600); these start every head slow
+SLOW_GATE=(--set model.gdn.A_init_range=1,1 --set model.gdn.dt_init_range=0.001,0.01)
+variant gdn-slow gdn@zoology-128 1e-3 "${SLOW_GATE[@]}"
+variant gdn64-slow gdn@zoology-64 1e-3 "${SLOW_GATE[@]}"
 # KDA at width 64 left the plateau at the end of its budget: does more data move it earlier?
 variant kda64-data kda@zoology-64 3e-3 "${ZOOLOGY_DATA[@]}"
 # MLA at width 512 below 0.99: the grid's lower end, its latent as wide as the model, Zoology's data
