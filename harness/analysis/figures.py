@@ -102,11 +102,15 @@ def save(fig: Figure, path: Path, formats: tuple[str, ...] = ("png",)) -> Path:
 
 
 def _caption(frame: pd.DataFrame) -> str:
-    """What the points are: the interval, the seeds, the step budgets."""
+    """What the points are: the interval, the seeds, the lrs each best lr was chosen from, the step budgets."""
     parts = ["mean ± 95% t-interval over seeds"]
     if "seeds" in frame and frame["seeds"].notna().any():
         low, high = int(frame["seeds"].min()), int(frame["seeds"].max())
         parts.append(f"seeds per point {low}" if low == high else f"seeds per point {low}–{high}")
+    if "lrs" in frame and frame["lrs"].notna().any():
+        # "at its best lr" means little for a point whose configuration was trained at one lr only
+        low, high = int(frame["lrs"].min()), int(frame["lrs"].max())
+        parts.append(f"lrs tried per point {low}" if low == high else f"lrs tried per point {low}–{high}")
     if "steps_min" in frame and frame["steps_min"].notna().any():
         low, high = frame["steps_min"].min(), frame["steps_max"].max()
         parts.append(f"training steps {low:.0f}" if low == high else f"training steps {low:.0f}–{high:.0f}")

@@ -126,3 +126,12 @@ def test_figures_are_written_in_every_format_asked(tmp_path):
     assert (tmp_path / "f.pdf").read_bytes()[:5] == b"%PDF-" and b"<svg" in (tmp_path / "f.svg").read_bytes()[
         :500
     ]
+
+
+def test_caption_says_how_many_lrs_each_best_lr_was_chosen_from():
+    from harness.analysis.figures import _caption
+
+    table = best()
+    assert "lrs tried per point 1" in _caption(table)
+    mixed = table.assign(lrs=[1 if model == "kda" else 3 for model in table["model"]])
+    assert "lrs tried per point 1–3" in _caption(mixed)
