@@ -32,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import harness.run.train as harness_train  # noqa: E402
 import models  # noqa: E402, F401  (registers the mixers)
 import tasks  # noqa: E402, F401  (registers the tasks)
+from harness.config import apply_override  # noqa: E402
+from harness.errors import HarnessError  # noqa: E402
 from harness.run.device import resolve_device  # noqa: E402
 from harness.run.train import TrainConfig  # noqa: E402
 from models.backbone import LanguageModel  # noqa: E402
@@ -143,19 +145,20 @@ def decay_everything(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW
     )
 
 
-def with_mixer_fields(mixers: dict, assignments: list[str]) -> dict:
-    """Each mixer config that has the field gets the value ('1,1' is a tuple, '16' an int, '0.5' a float)."""
-    out = dict(mixers)
+def with_mixer_fields(config, assignments: list[str]):
+    """`config` with FIELD=VALUE set on every mixer config that has FIELD, the value parsed to the field's type
+    as `harness run --set model.MIXER.FIELD=VALUE` parses it."""
     for assignment in assignments:
-        name, _, text = assignment.partition("=")
-        parts = [int(x) if x.lstrip("-").isdigit() else float(x) for x in text.split(",")]
-        value = tuple(parts) if len(parts) > 1 else parts[0]
-        hits = [m for m, c in out.items() if name in {f.name for f in dataclasses.fields(c)}]
+        name, _, value = assignment.partition("=")
+        hits = [m for m, c in config.mixers.items() if name in {f.name for f in dataclasses.fields(c)}]
         if not hits:
             raise SystemExit(f"--mixer-field {assignment}: no mixer of this model has a field '{name}'")
-        for m in hits:
-            out[m] = dataclasses.replace(out[m], **{name: value})
-    return out
+        try:
+            for mixer in hits:
+                config = apply_override(config, ("mixers", mixer, name), value)
+        except HarnessError as err:
+            raise SystemExit(f"--mixer-field {assignment}: {err}") from None
+    return config
 
 
 def build_model(args) -> LanguageModel:
@@ -174,7 +177,7 @@ def build_model(args) -> LanguageModel:
         init_std=args.init_std,
     )
     if args.mixer_field:
-        config = dataclasses.replace(config, mixers=with_mixer_fields(config.mixers, args.mixer_field))
+        config = with_mixer_fields(config, args.mixer_field)
     torch.manual_seed(args.seed)
     model = LanguageModel(config)
     if args.no_mlp:
