@@ -145,6 +145,12 @@ def decay_everything(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW
     )
 
 
+def bad_input(message: str) -> None:
+    """One line on stderr and exit 2, before anything is trained or written."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def with_mixer_fields(config, assignments: list[str]):
     """`config` with FIELD=VALUE set on every mixer config that has FIELD, the value parsed to the field's type
     as `harness run --set model.MIXER.FIELD=VALUE` parses it."""
@@ -152,12 +158,12 @@ def with_mixer_fields(config, assignments: list[str]):
         name, _, value = assignment.partition("=")
         hits = [m for m, c in config.mixers.items() if name in {f.name for f in dataclasses.fields(c)}]
         if not hits:
-            raise SystemExit(f"--mixer-field {assignment}: no mixer of this model has a field '{name}'")
+            bad_input(f"--mixer-field {assignment}: no mixer of this model has a field '{name}'")
         try:
             for mixer in hits:
                 config = apply_override(config, ("mixers", mixer, name), value)
         except HarnessError as err:
-            raise SystemExit(f"--mixer-field {assignment}: {err}") from None
+            bad_input(f"--mixer-field {assignment}: {err}")
     return config
 
 
