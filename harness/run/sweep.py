@@ -83,7 +83,7 @@ def plan_cells(
                 size += match.label
             model = _apply(model, assignments, "model")
             for lr in lrs if lrs is not None else setting.lrs:
-                train = _apply(_train_config(setting.train, lr), assignments, "train")
+                train = _apply(_train_config(setting.train_for(task_name), lr), assignments, "train")
                 for seed in seeds if seeds is not None else setting.seeds:
                     cell = Cell(
                         suite=suite_name,
