@@ -10,12 +10,14 @@ In kernel terms: q = C, k = B, v = dt * x, g = dt * A, gate="scalar", delta=Fals
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.config import ADDED_LATER
 from harness.registry import MIXERS
 from kernels.gated_delta_rule import resolve_impl
 
@@ -44,6 +46,10 @@ class Mamba2Config:
     """Clamp of dt after the softplus."""
     norm_before_gate: bool = False
     """False: RMSNorm(y * SiLU(z)) as mamba_ssm's default; True: RMSNorm(y) * SiLU(z)."""
+    output_gate: Literal["swish", "sigmoid"] = field(default="swish", metadata=ADDED_LATER)
+    """Activation of the gate z: 'swish' (SiLU, the paper's) or 'sigmoid' (a variant: at initialisation SiLU(z) is
+    about z / 2, a random-signed multiplier of every channel, where a sigmoid is about 1/2; measured to decide
+    whether GDN leaves the MQAR plateau, docs/findings/mqar-plateau.md)."""
     block_mlp: bool = True
     """Keep the backbone's MLP in this block. The Mamba2 paper has none; True keeps one backbone for all mixers."""
     chunk_size: int = 64
@@ -53,6 +59,10 @@ class Mamba2Config:
         require_sizes(self, "expand", "head_dim", "d_state", "n_groups", "conv_size", "chunk_size")
         require_range(self, "A_init_range")
         require_range(self, "dt_init_range")
+        if self.output_gate not in GATE_ACTIVATIONS:
+            raise ValueError(
+                f"output_gate must be one of {sorted(GATE_ACTIVATIONS)}, got '{self.output_gate}'"
+            )
         low, high = self.dt_limit
         if not 0 <= low <= high:
             raise ValueError(f"dt_limit must be a range 0 <= low <= high, got {self.dt_limit}")
@@ -63,24 +73,30 @@ class Mamba2Config:
         return cls(head_dim=head_dim, d_state=head_dim)
 
 
-class GatedRMSNorm(nn.Module):
-    """RMSNorm over groups of channels, gated by SiLU(z), before or after normalising."""
+GATE_ACTIVATIONS = {"swish": F.silu, "sigmoid": torch.sigmoid}
 
-    def __init__(self, dim: int, group_size: int, norm_before_gate: bool, eps: float = 1e-6):
+
+class GatedRMSNorm(nn.Module):
+    """RMSNorm over groups of channels, gated by act(z) (SiLU unless told), before or after normalising."""
+
+    def __init__(
+        self, dim: int, group_size: int, norm_before_gate: bool, eps: float = 1e-6, activation: str = "swish"
+    ):
         super().__init__()
         self.group_size, self.norm_before_gate, self.eps = group_size, norm_before_gate, eps
+        self.act = GATE_ACTIVATIONS[activation]
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:
         dtype = y.dtype
         y, z = y.float(), z.float()
         if not self.norm_before_gate:
-            y = y * F.silu(z)
+            y = y * self.act(z)
         groups = y.unflatten(-1, (-1, self.group_size))
         y = (groups * torch.rsqrt(groups.pow(2).mean(-1, keepdim=True) + self.eps)).flatten(-2)
         y = y * self.weight.float()
         if self.norm_before_gate:
-            y = y * F.silu(z)
+            y = y * self.act(z)
         return y.to(dtype)
 
 
@@ -108,7 +124,9 @@ class Mamba2(Mixer):
         )
         self.D = nn.Parameter(torch.ones(self.num_heads))
         self.D._no_weight_decay = True
-        self.norm = GatedRMSNorm(d_inner, d_inner // config.n_groups, config.norm_before_gate)
+        self.norm = GatedRMSNorm(
+            d_inner, d_inner // config.n_groups, config.norm_before_gate, activation=config.output_gate
+        )
         self.out_proj = nn.Linear(d_inner, d_model, bias=False)
 
     def init_weights(self, std: float) -> None:

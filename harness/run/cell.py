@@ -180,6 +180,11 @@ def setting_id_of(view: dict[str, Any]) -> str:
     task_config = TASKS.get(view["task_name"]).Config if view["task_name"] in TASKS else None
     task = without_added_defaults(view["task"], task_config) if task_config else view["task"]
     model = without_added_defaults(view["model"], ModelConfig)
+    if isinstance(model.get("mixers"), dict):
+        model["mixers"] = {
+            name: without_added_defaults(fields, MIXERS.get(name).Config) if name in MIXERS else fields
+            for name, fields in model["mixers"].items()
+        }
     return config_hash(
         {**{k: v for k, v in view.items() if k != "seed"}, "train": train, "task": task, "model": model}
     )

@@ -17,5 +17,5 @@ check() {  # BASELINE MODELS
 # configurations that leave the MQAR plateau well inside their budget (a cell that leaves it near its end, such
 # as kda@zoology-64, scores anywhere between 0.5 and 0.99 from run to run: no regression test)
 check results/zoology-h200/store "mla@zoology-128,mla@zoology-256,kda@zoology-128"
-check results/kimi-small-h200 "mla@kimi-synth,kda@kimi-synth"
+check results/kimi-small-h200/store "mla@kimi-synth,kda@kimi-synth"
 exit $status

@@ -53,6 +53,7 @@ variant mla512-lr mla@zoology-512 1e-4
 variant mla512-latent mla@zoology-512 3e-4 --set model.mla.kv_lora_rank=512
 variant mla512-data mla@zoology-512 3e-4 "${ZOOLOGY_DATA[@]}"
 variant mla512-long mla@zoology-512 3e-4 --set train.max_steps=6000   # still rising after 3000
+variant mla512-data-long mla@zoology-512 3e-4 --set train.max_steps=6000 "${ZOOLOGY_DATA[@]}"
 wait
 for log in /tmp/variant-*.log; do echo "== $log"; grep -v "step/s" "$log" | grep -E "^\[|error|Error" | tail -5; done
 bash scripts/store_tar.sh pack "$store" "$out/variants.tgz"

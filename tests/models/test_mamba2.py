@@ -56,7 +56,8 @@ def mamba2_reference(mamba: Mamba2, x: torch.Tensor) -> torch.Tensor:
     y, weight = y.reshape(B, T, G, d_inner // G), mamba.norm.weight.view(G, d_inner // G)
     z = z.reshape(B, T, G, d_inner // G)
     # norm_before_gate=False (mamba_ssm's default) gates, then normalises each group of channels
-    gated = rms_norm(y, weight) * F.silu(z) if cfg.norm_before_gate else rms_norm(y * F.silu(z), weight)
+    act = torch.sigmoid if cfg.output_gate == "sigmoid" else F.silu
+    gated = rms_norm(y, weight) * act(z) if cfg.norm_before_gate else rms_norm(y * act(z), weight)
     return gated.reshape(B, T, d_inner) @ mamba.out_proj.weight.T
 
 
@@ -67,6 +68,8 @@ def mamba2_reference(mamba: Mamba2, x: torch.Tensor) -> torch.Tensor:
         ({"n_groups": 2}, "torch"),
         ({"n_groups": 4, "norm_before_gate": True}, "torch"),
         ({"dt_limit": (0.05, 0.2)}, "torch"),
+        ({"output_gate": "sigmoid"}, "torch"),
+        ({"output_gate": "sigmoid", "norm_before_gate": True}, "torch"),
         ({"n_groups": 2}, "reference"),
     ],
 )

@@ -80,7 +80,7 @@ def test_v8192_mqar_gets_enough_examples_in_every_suite():
             for task_name, task in scale.tasks:
                 if task_name != "mqar" or task.vocab_size < 4096:
                     continue
-                train_config = TrainConfig(**scale.train)
+                train_config = TrainConfig(**scale.train_for(task_name))
                 examples = train_config.batch_size * train_config.max_steps
                 assert examples >= 300_000, (name, scale_name, examples)
                 if name == "kimi":
