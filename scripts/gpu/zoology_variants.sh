@@ -9,6 +9,9 @@
 #   ONLY=gdn-data,mla512-lr OUT=/tmp/out bash scripts/gpu/zoology_variants.sh 300     # some of them only
 #   DEADLINE=off ...     # start every variant (--deadline estimates from cells that shared the GPU, too high)
 #
+# Written for the suite's first small settings (20K examples per setting, 3000 steps, early stop on the mean; the
+# store in results/zoology-h200/): since the suite trains on Zoology's data for up to 6000 steps, the *_DATA and
+# -long variants repeat what the suite now does.
 # Every `harness run` below shares the GPU (leases keep them apart in the store); all stop starting cells by the
 # deadline, and what finished is packed even if the call is cut short.
 set -uo pipefail

@@ -76,6 +76,18 @@ def test_early_stop_at_target_accuracy():
     assert rows[0]["steps"] == 3 and len(meta["history"]) == 1
 
 
+def test_early_stop_on_the_mean_or_on_every_slice():
+    from harness.run.train import TrainConfig, reached
+
+    metrics = {"64/4": {"accuracy": 1.0}, "256/64": {"accuracy": 0.98}}  # mean 0.99, one slice below
+    assert reached(metrics, TrainConfig(target_accuracy=0.99))
+    assert not reached(metrics, TrainConfig(target_accuracy=0.99, target_on="every"))
+    metrics["256/64"]["accuracy"] = 0.995
+    assert reached(metrics, TrainConfig(target_accuracy=0.99, target_on="every"))
+    with pytest.raises(ValueError, match="target_on"):
+        TrainConfig(target_on="min")
+
+
 def test_a_failing_cell_becomes_a_failed_row():
     cell = tiny_cell("kda", device="cuda:7") if not torch.cuda.is_available() else None
     if cell is None:
