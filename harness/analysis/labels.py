@@ -108,6 +108,10 @@ def setting_columns(rows: pd.DataFrame, configs: dict[str, dict]) -> tuple[pd.Se
             for setting_id in ids:
                 text = ", ".join(f"{k}={_short(tasks[setting_id].get(k))}" for k in differing)
                 variant.loc[members.index[members["setting_id"] == setting_id]] = text
+    # a model that is not its preset says how (the table's other rows may hold no sibling to differ from)
+    changed = {s: preset_deviations(view) for s, view in configs.items()}
+    suffix = rows["setting_id"].map(lambda s: changed.get(s, ""))
+    base = base.where(suffix == "", base + " [" + suffix + "]")
     labels = base.copy()
     keys = table + "|" + variant + "|" + base
     for _, members in rows.groupby(keys, sort=False):
@@ -119,6 +123,27 @@ def setting_columns(rows: pd.DataFrame, configs: dict[str, dict]) -> tuple[pd.Se
             where = members.index[members["setting_id"] == setting_id]
             labels.loc[where] = base.loc[where] + f" [{suffixes[setting_id]}]"
     return variant, labels
+
+
+def preset_deviations(view: dict) -> str:
+    """The model fields in which a stored cell config (`to_dict(cell)`) differs from its model's preset at its
+    size, as 'model.mixers.gdn.output_gate=sigmoid'; '' for the preset itself, or where the preset is unknown (a
+    plugin not loaded, a size matched to another model's parameters)."""
+    from harness.config import to_dict
+    from harness.errors import HarnessError
+    from harness.run.cell import Cell
+    from models.presets import build_model_config
+
+    try:
+        cell = Cell.from_view(view)
+        preset = build_model_config(
+            f"{cell.model_name}@{cell.size}", cell.size, vocab_size=cell.model.vocab_size
+        )
+    except (HarnessError, KeyError, TypeError, ValueError):
+        return ""
+    stored, planned = flatten(to_dict(cell.model)), flatten(to_dict(preset))
+    keys = [k for k in sorted(set(stored) | set(planned)) if stored.get(k) != planned.get(k)]
+    return ", ".join(f"model.{k}={_short(stored.get(k))}" for k in keys)
 
 
 def _join(frame: pd.DataFrame) -> pd.Series:

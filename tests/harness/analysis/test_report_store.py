@@ -141,3 +141,14 @@ def test_export_refuses_an_unknown_format(mixed_store, tmp_path):
         and result.stderr.strip() == "error: --format must be parquet or csv, got 'xlsx'"
     )
     assert not list(tmp_path.iterdir())
+
+
+def test_a_model_that_is_not_its_preset_says_so_even_alone(tmp_path):
+    """A variant with no sibling in its table (its only other configuration lives in another store) is labelled
+    with the model fields that differ from its preset, so that it cannot pass for the preset."""
+    store = ResultStore(tmp_path)
+    run(store, ["gdn@tiny"], overrides=["model.gdn.output_gate=sigmoid"])
+    run(store, ["kda@tiny"])
+    table = pivot(best_lr(summarize(store.read(), store)))
+    labels = set(table[table["metric"] == "accuracy"]["model"])
+    assert labels == {"gdn@tiny [model.mixers.gdn.output_gate=sigmoid]", "kda@tiny"}
