@@ -108,6 +108,12 @@ def normal_init_linears(module: nn.Module, std: float) -> None:
                 nn.init.zeros_(layer.bias)
 
 
+# Metadata of a mixer-config field added after results were stored: left out of config hashes while it holds its
+# default, so that cells planned before it existed keep their ids (harness.config.ADDED_LATER, spelt out here
+# because models do not import the harness's config module; a test checks the two agree).
+ADDED_LATER = {"hash_when_default": False}
+
+
 def require_sizes(config: Any, *names: str, minimum: int = 1) -> None:
     """Raise ValueError for the first of the fields `names` of `config` below `minimum` (widths, head counts,
     kernel and chunk sizes; None passes, for optional sizes). Configs call it in __post_init__, so that an

@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harness.config import ADDED_LATER
 from harness.registry import MIXERS
 from kernels.gated_delta_rule import resolve_impl
 
-from .backbone import Mixer, put_state, require_range, require_sizes
+from .backbone import ADDED_LATER, Mixer, put_state, require_range, require_sizes
 from .delta_rule import gated_delta_rule_packed
 from .layers import PackedDocuments, ShortConvolution, init_gate_parameters
 

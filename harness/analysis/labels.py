@@ -129,6 +129,7 @@ def preset_deviations(view: dict) -> str:
     """The model fields in which a stored cell config (`to_dict(cell)`) differs from its model's preset at its
     size, as 'model.mixers.gdn.output_gate=sigmoid'; '' for the preset itself, or where the preset is unknown (a
     plugin not loaded, a size matched to another model's parameters)."""
+    # here, not at the top: the cell and model modules import torch, which reading a table does not need otherwise
     from harness.config import to_dict
     from harness.errors import HarnessError
     from harness.run.cell import Cell

@@ -85,7 +85,7 @@ def test_fields_added_later_keep_old_hashes_while_at_their_default():
     from harness.config import config_hash
     from harness.run.train import TrainConfig
 
-    added = ("schedule", "decay_fraction", "step_capture")
+    added = ("schedule", "decay_fraction", "step_capture", "target_on")
     old_fields = {
         f.name: getattr(TrainConfig(), f.name) for f in dataclasses.fields(TrainConfig) if f.name not in added
     }
@@ -99,11 +99,13 @@ def test_a_mixer_field_added_later_keeps_cell_and_setting_ids_at_its_default():
     it at its default are one cell and one report row; another value is another configuration."""
     import copy
 
-    from harness.config import to_dict
+    import models.backbone
+    from harness.config import ADDED_LATER, to_dict
     from harness.plugins import load_plugins
     from harness.run.cell import Cell, setting_id_of
     from harness.run.sweep import plan_cells
 
+    assert models.backbone.ADDED_LATER == ADDED_LATER
     load_plugins()
     (cell,) = plan_cells(["mamba2"], "smoke", "tiny", lrs=[1e-3], seeds=[0])[:1]
     new = to_dict(cell)
