@@ -114,10 +114,16 @@ def regress(
     baseline = prepare(baseline_rows(baseline_dir), store)
     known = list(dict.fromkeys(baseline["label"]))
     if models:
-        unknown = [m for m in models if m not in known and m not in set(baseline["model"])]
+        # a label as the report prints it, its model@size part alone (a label can name changed fields after it,
+        # 'gdn@tiny [model.mixers.gdn.chunk_size=64]'), or an architecture
+        sized = baseline["model"].astype(str) + "@" + baseline["preset"].astype(str)
+        names = set(known) | set(sized) | set(baseline["model"])
+        unknown = [m for m in models if m not in names]
         if unknown:
             raise HarnessError(f"the baseline has no model {', '.join(unknown)}; it has: {', '.join(known)}")
-        baseline = baseline[baseline["label"].isin(models) | baseline["model"].isin(models)]
+        baseline = baseline[
+            baseline["label"].isin(models) | sized.isin(models) | baseline["model"].isin(models)
+        ]
     best = best_lr(summarize(baseline))
     best_lrs = best[best["metric"] == metrics[0]].groupby("setting_id")["lr"].first()
     baseline = baseline[baseline["setting_id"].map(best_lrs) == baseline["lr"]]

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import tasks  # noqa: F401 - registers the suites
 from harness.analysis.regress import Tolerance, compare, regress
+from harness.errors import HarnessError
 
 BASELINE = Path(__file__).parents[3] / "results" / "smoke-cpu"
 
@@ -59,3 +60,14 @@ def test_sabotaged_attention_fails_the_regression_check(tmp_path, monkeypatch):
     print(text)
     assert not passed and set(table["verdict"]) == {"REGRESSED"}, text
     assert "REGRESSED" in text and "| mla@tiny " in text
+
+
+def test_models_are_chosen_by_label_by_model_at_size_or_by_architecture(tmp_path):
+    """The smoke baseline's gdn label names a field changed from today's preset ('gdn@tiny [model...]'): the
+    model@size part alone still picks it; an unknown name is a one-line error listing what there is."""
+    passed, text, table = regress(
+        BASELINE, tmp_path / "candidate", models=["gdn@tiny"], overrides=("train.max_steps=1",)
+    )
+    assert set(table["model"].str.split(" ").str[0]) == {"gdn@tiny"}
+    with pytest.raises(HarnessError, match="the baseline has no model foo@tiny; it has: "):
+        regress(BASELINE, tmp_path / "other", models=["foo@tiny"])
