@@ -7,6 +7,8 @@ A model is named on the command line as `ARCH[@SIZE]`:
     mla                           MLA in every layer, with RoPE (a preset); mla-nope without
     kimi                          3 kda : 1 mla, NoPE (Kimi Linear)
     gdn-h                         3 gdn : 1 mla, sigmoid output gate (the Kimi report's GDN-H baseline)
+    gdn-sigmoid                   gdn in every layer with KDA's sigmoid output gate: against kda, the forget gate
+                                  alone differs (per head vs per channel)
     kda:mla=1:1                   any ratio of registered mixers
     kimi@kimi-synth               an explicit size; without one the suite's scale picks it
 """
@@ -128,6 +130,19 @@ ARCHITECTURES.add(
         ratio=(3, 1),
         overrides={"gdn": {"output_gate": "sigmoid"}},
         description="Kimi report's GDN-H: 3 gdn : 1 mla, sigmoid output gate",
+    ),
+)
+
+# GDN's SiLU output gate (its paper's) starts near zero with a random sign per channel, and on MQAR at V 8192 it
+# kept GDN at chance where the same model with a sigmoid gate learnt like KDA (docs/findings/mqar-plateau.md).
+# This preset is that model, so that a comparison of the two forget gates is one command (--models kda,gdn-sigmoid).
+ARCHITECTURES.add(
+    "gdn-sigmoid",
+    Architecture(
+        mixers=("gdn",),
+        ratio=(1,),
+        overrides={"gdn": {"output_gate": "sigmoid"}},
+        description="gdn in every layer with a sigmoid output gate (as KDA's): the forget gate alone differs",
     ),
 )
 

@@ -1,5 +1,7 @@
 """The shared backbone and the named presets: all architectures build, hybrids follow the docs."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -66,6 +68,13 @@ def test_kimi_attention_is_nope_without_query_compression():
 def test_gdn_h_uses_the_sigmoid_output_gate_and_plain_gdn_swish():
     assert build("gdn-h").config.mixers["gdn"].output_gate == "sigmoid"
     assert build("gdn").config.mixers["gdn"].output_gate == "swish"
+
+
+def test_gdn_sigmoid_is_gdn_with_the_sigmoid_gate_and_nothing_else():
+    plain, sigmoid = build("gdn").config, build("gdn-sigmoid").config
+    assert sigmoid.layers == plain.layers == ("gdn",) * len(plain.layers)
+    assert sigmoid.mixers["gdn"] == dataclasses.replace(plain.mixers["gdn"], output_gate="sigmoid")
+    assert dataclasses.replace(sigmoid, mixers=plain.mixers) == plain
 
 
 def test_ratio_syntax():
