@@ -571,6 +571,20 @@ def regress(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Change the rerun cells, e.g. train.max_steps=400.")
     ] = None,
+    longest_s: Annotated[
+        float | None,
+        typer.Option(
+            "--longest-s",
+            help="Only configurations whose baseline cell trained in at most this many seconds (a time-bound check).",
+        ),
+    ] = None,
+    settled_only: Annotated[
+        bool,
+        typer.Option(
+            "--settled-only",
+            help="Leave out configurations whose baseline cell was still improving when its steps ran out.",
+        ),
+    ] = False,
 ) -> None:
     """Rerun a baseline's configurations (from their stored configs) and fail (exit 1) with a table when a metric
     drops beyond its tolerance."""
@@ -581,6 +595,8 @@ def regress(
     from harness.analysis.regress import regress as run_regress
     from harness.results.store import ResultStore, atomic_write, write_error
 
+    if longest_s is not None and not 0 < longest_s < float("inf"):
+        raise HarnessError(f"--longest-s must be a number of seconds > 0, got {longest_s:g}")
     if (baseline / "cells").is_dir():  # (a missing baseline is regress's own one-line error)
         known = set(ResultStore(baseline).read()["metric"].dropna())
         if unknown := [m for m in _split(metrics) if m not in known]:
@@ -597,6 +613,8 @@ def regress(
         device,
         workers,
         tuple(set_ or []),
+        longest_s,
+        settled_only,
     )
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from harness.analysis.convergence import cell_still_improving
 from harness.analysis.labels import task_label
 from harness.analysis.report import best_lr, prepare, summarize
 from harness.errors import HarnessError
@@ -104,12 +105,18 @@ def regress(
     device: str = "cpu",
     workers: int | None = None,
     overrides: tuple[str, ...] = (),
+    longest_s: float | None = None,
+    settled_only: bool = False,
 ) -> tuple[bool, str, pd.DataFrame]:
     """Rerun the baseline's configurations (each at its best lr, the first seed, rebuilt from the config stored in
     the baseline: the same cells, run by this code) into `out`, compare. `models`: labels (mla@zoology-128) or
     architectures (mla: all its sizes); default all. Returns (passed, text, table). With `workers`, the cells run
     in that many processes at once (the pool launcher; on a GPU they share it), else one after another.
-    `overrides` (--set style) change the rebuilt cells, e.g. a cap on steps that the baseline's cells stayed under."""
+    `overrides` (--set style) change the rebuilt cells, e.g. a cap on steps that the baseline's cells stayed under.
+    `longest_s`: only the configurations whose baseline cell trained in at most this many seconds (a check that must
+    fit a job of limited length, against a store that keeps growing); `settled_only`: only configurations whose
+    baseline cell was not still improving when its steps ran out (one near a transition scores anywhere from run
+    to run: harness.analysis.convergence). The text names the ones left out."""
     store = ResultStore(baseline_dir)
     baseline = prepare(baseline_rows(baseline_dir), store)
     known = list(dict.fromkeys(baseline["label"]))
@@ -134,6 +141,30 @@ def regress(
     firsts = (
         baseline[baseline["seed"] == seed].sort_values("steps", ascending=False).drop_duplicates("setting_id")
     )
+    notes = []
+    if settled_only:
+        moving = firsts["run_id"].map(lambda run_id: cell_still_improving(store.read_meta(run_id)) is True)
+        if moving.any():
+            notes.append(
+                f"still improving at the end of the baseline: {', '.join(firsts.loc[moving, 'label'])}"
+            )
+        firsts = firsts[~moving]
+    if longest_s is not None:
+        walls = firsts["run_id"].map(lambda run_id: store.read_meta(run_id).get("train_wall_s") or 0.0)
+        if len(firsts) and (walls > longest_s).all():
+            raise HarnessError(
+                f"--longest-s {longest_s:g}: every chosen configuration of {baseline_dir} trained for longer "
+                f"(shortest: {walls.min():.0f} s); raise it"
+            )
+        if (walls > longest_s).any():
+            notes.append(
+                f"longer than {longest_s:g} s in the baseline: {', '.join(firsts.loc[walls > longest_s, 'label'])}"
+            )
+        firsts = firsts[walls <= longest_s]
+    if firsts.empty:
+        raise HarnessError(f"no configuration of {baseline_dir} is left to rerun ({'; '.join(notes)})")
+    baseline = baseline[baseline["setting_id"].isin(firsts["setting_id"])]
+    left_out = f" (left out: {'; '.join(notes)})" if notes else ""
     cells, label_of = [], {}
     for run_id, label in zip(firsts["run_id"], firsts["label"], strict=True):
         view = store.read_meta(run_id).get("config")
@@ -159,7 +190,14 @@ def regress(
     chosen = ", ".join(
         f"{label} (lr {lr:g})" for label, lr in zip(firsts["label"], firsts["lr"], strict=True)
     )
-    head = f"regression check of {chosen} on {suite}/{scale}, seed {seed}, against {baseline_dir}/: " + (
-        "PASSED" if passed else "FAILED"
+    head = (
+        f"regression check of {chosen} on {suite}/{scale}, seed {seed}, against {baseline_dir}/{left_out}: "
+        + ("PASSED" if passed else "FAILED")
     )
     return passed, head + "\n\n" + render(table), table
+
+
+def _names(configurations: pd.DataFrame) -> str:
+    """'mla@kimi-synth on stack, ...': the configurations (one baseline row each) by label and task."""
+    pairs = zip(configurations["label"], configurations["task"], strict=True)
+    return ", ".join(f"{label} on {task}" for label, task in pairs)

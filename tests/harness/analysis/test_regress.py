@@ -71,3 +71,55 @@ def test_models_are_chosen_by_label_by_model_at_size_or_by_architecture(tmp_path
     assert set(table["model"].str.split(" ").str[0]) == {"gdn@tiny"}
     with pytest.raises(HarnessError, match="the baseline has no model foo@tiny; it has: "):
         regress(BASELINE, tmp_path / "other", models=["foo@tiny"])
+
+
+def test_a_time_bound_leaves_out_the_configurations_that_trained_longer(tmp_path):
+    """--longest-s: the smoke baseline's kda and mamba2 cells trained for 100-200 s, gdn and mla for under 80 s;
+    with a bound of 100 s only the two short ones are rerun and compared, and the text names the others."""
+    passed, text, table = regress(
+        BASELINE, tmp_path / "candidate", overrides=("train.max_steps=1",), longest_s=100
+    )
+    assert {label.split(" ")[0] for label in table["model"]} == {"gdn@tiny", "mla@tiny"}
+    assert (
+        "(left out: longer than 100 s in the baseline: " in text
+        and "kda@tiny" in text
+        and "mamba2@tiny" in text
+    )
+    with pytest.raises(HarnessError, match="--longest-s 1: every chosen configuration"):
+        regress(BASELINE, tmp_path / "other", longest_s=1)
+
+
+def test_settled_only_leaves_out_what_was_still_improving(tmp_path, monkeypatch):
+    """--settled-only: a configuration whose baseline cell was still improving when its steps ran out is left out
+    (here every cell but mla's is made to look so); the text says which and why."""
+    import harness.analysis.regress as module
+
+    def improving(meta):
+        return meta["config"]["model_name"] != "mla"
+
+    monkeypatch.setattr(module, "cell_still_improving", improving)
+    passed, text, table = regress(
+        BASELINE, tmp_path / "candidate", overrides=("train.max_steps=1",), settled_only=True
+    )
+    assert {label.split(" ")[0] for label in table["model"]} == {"mla@tiny"}
+    assert "(left out: still improving at the end of the baseline: " in text and "gdn@tiny" in text
+
+
+def test_a_bad_time_bound_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "harness.cli",
+        "regress",
+        "--longest-s",
+        "0",
+        "--out",
+        str(tmp_path / "x"),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=Path(__file__).parents[3])
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == "error: --longest-s must be a number of seconds > 0, got 0"
+    assert not (tmp_path / "x").exists()
