@@ -11,17 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.registry import MIXERS
 
 from .backbone import require_range, require_sizes
 from .delta_rule import DeltaRuleInputs, DeltaRuleMixer
-from .layers import RMSNorm, init_gate_parameters
-
-OUTPUT_GATES = {"swish": F.silu, "sigmoid": torch.sigmoid}
+from .layers import OUTPUT_GATES, RMSNorm, init_gate_parameters
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,5 +1,6 @@
 """Building blocks shared by several mixers and the backbone: RMSNorm, the causal short convolution, the
-initialisation of the Mamba-style forget gate, and the views of packed documents (PackedDocuments)."""
+initialisation of the Mamba-style forget gate, the output gates' activations, and the views of packed documents
+(PackedDocuments)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,9 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+# Activations of a mixer's output gate, by config name (GDN's and Mamba2's `output_gate`)
+OUTPUT_GATES = {"swish": F.silu, "sigmoid": torch.sigmoid}
 
 
 class RMSNorm(nn.Module):

@@ -22,7 +22,7 @@ from kernels.gated_delta_rule import resolve_impl
 
 from .backbone import ADDED_LATER, Mixer, put_state, require_range, require_sizes
 from .delta_rule import gated_delta_rule_packed
-from .layers import PackedDocuments, ShortConvolution, init_gate_parameters
+from .layers import OUTPUT_GATES, PackedDocuments, ShortConvolution, init_gate_parameters
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -58,10 +58,8 @@ class Mamba2Config:
         require_sizes(self, "expand", "head_dim", "d_state", "n_groups", "conv_size", "chunk_size")
         require_range(self, "A_init_range")
         require_range(self, "dt_init_range")
-        if self.output_gate not in GATE_ACTIVATIONS:
-            raise ValueError(
-                f"output_gate must be one of {sorted(GATE_ACTIVATIONS)}, got '{self.output_gate}'"
-            )
+        if self.output_gate not in OUTPUT_GATES:
+            raise ValueError(f"output_gate must be one of {sorted(OUTPUT_GATES)}, got '{self.output_gate}'")
         low, high = self.dt_limit
         if not 0 <= low <= high:
             raise ValueError(f"dt_limit must be a range 0 <= low <= high, got {self.dt_limit}")
@@ -72,9 +70,6 @@ class Mamba2Config:
         return cls(head_dim=head_dim, d_state=head_dim)
 
 
-GATE_ACTIVATIONS = {"swish": F.silu, "sigmoid": torch.sigmoid}
-
-
 class GatedRMSNorm(nn.Module):
     """RMSNorm over groups of channels, gated by act(z) (SiLU unless told), before or after normalising."""
 
@@ -83,7 +78,7 @@ class GatedRMSNorm(nn.Module):
     ):
         super().__init__()
         self.group_size, self.norm_before_gate, self.eps = group_size, norm_before_gate, eps
-        self.act = GATE_ACTIVATIONS[activation]
+        self.act = OUTPUT_GATES[activation]
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, y: Tensor, z: Tensor) -> Tensor:

@@ -141,25 +141,22 @@ def regress(
     firsts = (
         baseline[baseline["seed"] == seed].sort_values("steps", ascending=False).drop_duplicates("setting_id")
     )
+    metas = {run_id: store.read_meta(run_id) for run_id in firsts["run_id"]}
     notes = []
     if settled_only:
-        moving = firsts["run_id"].map(lambda run_id: cell_still_improving(store.read_meta(run_id)) is True)
+        moving = firsts["run_id"].map(lambda run_id: cell_still_improving(metas[run_id]) is True)
         if moving.any():
-            notes.append(
-                f"still improving at the end of the baseline: {', '.join(firsts.loc[moving, 'label'])}"
-            )
+            notes.append(f"still improving at the end of the baseline: {_names(firsts[moving])}")
         firsts = firsts[~moving]
     if longest_s is not None:
-        walls = firsts["run_id"].map(lambda run_id: store.read_meta(run_id).get("train_wall_s") or 0.0)
+        walls = firsts["run_id"].map(lambda run_id: metas[run_id].get("train_wall_s") or 0.0)
         if len(firsts) and (walls > longest_s).all():
             raise HarnessError(
                 f"--longest-s {longest_s:g}: every chosen configuration of {baseline_dir} trained for longer "
                 f"(shortest: {walls.min():.0f} s); raise it"
             )
         if (walls > longest_s).any():
-            notes.append(
-                f"longer than {longest_s:g} s in the baseline: {', '.join(firsts.loc[walls > longest_s, 'label'])}"
-            )
+            notes.append(f"longer than {longest_s:g} s in the baseline: {_names(firsts[walls > longest_s])}")
         firsts = firsts[walls <= longest_s]
     if firsts.empty:
         raise HarnessError(f"no configuration of {baseline_dir} is left to rerun ({'; '.join(notes)})")
@@ -167,7 +164,7 @@ def regress(
     left_out = f" (left out: {'; '.join(notes)})" if notes else ""
     cells, label_of = [], {}
     for run_id, label in zip(firsts["run_id"], firsts["label"], strict=True):
-        view = store.read_meta(run_id).get("config")
+        view = metas[run_id].get("config")
         if not view:
             raise HarnessError(
                 f"baseline cell {run_id} has no stored config in {baseline_dir}/cells/{run_id}.json"
