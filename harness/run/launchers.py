@@ -48,6 +48,7 @@ from harness.errors import HarnessError, warn
 from harness.plugins import load_plugins, loaded_modules
 from harness.registry import LAUNCHERS
 from harness.run import step_capture
+from harness.run.capture_gate import GATE
 from harness.run.cell import Cell, CellOptions, environment_failure, run_cell
 
 Finished = tuple[Cell, list[dict[str, Any]], dict[str, Any]]
@@ -385,15 +386,18 @@ class _Running:
 
 
 def _cell_on_own_stream(key: int, cell: Cell, options: CellOptions, results: queue.Queue) -> None:
-    """Run a cell in this thread, its CUDA work on a stream of its own (the current stream is per thread)."""
+    """Run a cell in this thread, its CUDA work on a stream of its own (the current stream is per thread). The
+    thread is registered with the capture gate throughout: while another cell captures a CUDA graph, this one
+    stands still at its next checkpoint (harness/run/capture_gate.py)."""
     try:
-        if torch.cuda.is_available() and str(cell.train.device) != "cpu":
-            stream = torch.cuda.Stream()
-            with torch.cuda.stream(stream):
+        with GATE.registered(cell.label):
+            if torch.cuda.is_available() and str(cell.train.device) != "cpu":
+                stream = torch.cuda.Stream()
+                with torch.cuda.stream(stream):
+                    rows, meta = run_cell(cell, options)
+                stream.synchronize()
+            else:
                 rows, meta = run_cell(cell, options)
-            stream.synchronize()
-        else:
-            rows, meta = run_cell(cell, options)
     except BaseException as err:  # noqa: BLE001 - run_cell records the cell's own failures; this is the thread's
         rows, meta = environment_failure(f"the cell's thread failed: {type(err).__name__}: {err}")
     results.put((key, rows, meta))

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.errors import warn
+from harness.run.capture_gate import GATE
 from tasks.base import IGNORE
 
 WARMUP_STEPS = 2
@@ -131,6 +132,7 @@ class CapturedStep:
         self.steps: Counter[str] = Counter()  # steps per path: 'graph', or 'eager (why)'
 
     def __call__(self, inputs: Tensor, labels: Tensor, segments: Tensor | None) -> Tensor:
+        GATE.checkpoint()  # another cell of this process may be capturing: no CUDA call of this one until it ends
         inputs, labels = torch.as_tensor(inputs), torch.as_tensor(labels)
         positions, targets = scored_positions(labels)
         if segments is not None:

@@ -7,9 +7,18 @@ that a broken gate fails these tests instead of hanging them."""
 import threading
 import time
 
+import numpy as np
 import pytest
+import torch
 
+import models  # noqa: F401  (registers the mixers)
+from harness.run import capture_gate
 from harness.run.capture_gate import CaptureGate
+from harness.run.evaluate import evaluate
+from harness.run.train import TrainConfig, eager_step, make_optimizer
+from models.backbone import LanguageModel
+from models.presets import build_model_config
+from tasks.base import IGNORE, Slice
 
 JOIN_S = 10.0
 
@@ -225,3 +234,18 @@ def test_a_stretch_without_cuda_is_not_waited_for_but_waits_for_the_capture_to_e
     thread.join(JOIN_S)
     assert began - requested < 1.0
     assert not thread.is_alive() and left[0] >= ended
+
+
+def test_training_steps_and_evaluation_batches_pass_a_checkpoint(monkeypatch):
+    calls = []
+    monkeypatch.setattr(capture_gate.GATE, "checkpoint", lambda: calls.append(1))
+    torch.manual_seed(0)
+    model = LanguageModel(build_model_config("kda", "tiny", vocab_size=64))
+    config = TrainConfig(eval_batch_size=4)
+    inputs = torch.randint(64, (4, 16))
+    eager_step(model, make_optimizer(model, config), config, inputs, inputs, None, None, torch.device("cpu"))
+    assert len(calls) == 1
+    labels = np.where(np.random.default_rng(0).random((10, 16)) < 0.3, 1, IGNORE)
+    piece = Slice("all", np.random.default_rng(1).integers(64, size=(10, 16)), labels)
+    evaluate(model, [piece], config, torch.device("cpu"))
+    assert len(calls) == 1 + 3  # 10 examples in batches of 4
