@@ -24,6 +24,7 @@ from harness.results.metrics import AUXILIARY, METRICS, SLICE_METRICS
 from harness.results.provenance import device_label, git_state, library_versions
 from harness.results.schema import Row
 from harness.results.store import write_error
+from harness.run.capture_gate import GATE
 from harness.run.data import cell_data
 from harness.run.device import autocast_dtype, resolve_device
 from harness.run.evaluate import evaluate, loss_by_position
@@ -121,7 +122,9 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
     try:
         if options.log_dir is not None or options.wandb is not None:
             logger = RunLogger(cell, options.log_dir, options.wandb)
-        data = cell_data(cell.task_name, cell.task, cell.seed)
+        # tasks make their data on the CPU: other cells of this process may capture meanwhile (capture_gate.py)
+        with GATE.without_cuda():
+            data = cell_data(cell.task_name, cell.task, cell.seed)
         device = resolve_device(cell.train.device)
         # torch's global generator: cells of other threads (the streams launcher) must not draw from it meanwhile
         with _SEEDING:

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harness.run.capture_gate import GATE
 from harness.run.device import autocast_dtype
 from tasks.base import IGNORE, Slice
 
@@ -95,6 +96,7 @@ def scored_batches(
     model run under the training's autocast. A batch's chunks must be consumed before the next batch."""
     amp = autocast_dtype(config.dtype, device)
     for i in range(0, len(piece), config.eval_batch_size):
+        GATE.checkpoint()  # another cell of this process may be capturing: no CUDA call of this one until it ends
         inputs, labels, segments = slice_batch(piece, i, i + config.eval_batch_size, device)
         with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
             hidden = model.hidden_states(inputs, segment_ids=segments)  # (B, T, D)

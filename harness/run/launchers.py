@@ -8,8 +8,9 @@ result; a launcher only runs cells and hands back (rows, meta).
                 a GPU runs the kernels of different processes in turns (one process's context at a time), but
                 those of one process's streams side by side, so small cells that leave most of it idle can fill
                 it together. The cells share one process: a crash in native code or a CUDA error that breaks
-                the context ends all of them (they are not stored and run again next time), and their Python
-                work shares one interpreter lock.
+                the context ends all of them (they are not stored and run again next time), their Python
+                work shares one interpreter lock, and while one captures a CUDA graph the others wait at their
+                next training step or evaluation batch (harness/run/capture_gate.py).
     ray         tasks on a Ray cluster (`address`: an existing cluster such as 'auto' or 'ray://head:10001';
                 None starts a local Ray instance). Every node needs this harness installed at the same commit.
 
@@ -47,7 +48,7 @@ from tqdm.auto import tqdm
 from harness.errors import HarnessError, warn
 from harness.plugins import load_plugins, loaded_modules
 from harness.registry import LAUNCHERS
-from harness.run import step_capture
+from harness.run.capture_gate import GATE
 from harness.run.cell import Cell, CellOptions, environment_failure, run_cell
 
 Finished = tuple[Cell, list[dict[str, Any]], dict[str, Any]]
@@ -315,8 +316,6 @@ class Streams:
         self._running: dict[int, _Running] = {}
         self._results: queue.Queue = queue.Queue()
         self._keys = itertools.count()
-        # the allocator's cache is every cell's here: no cell empties it for the others after its capture
-        step_capture.EMPTY_CACHE_AFTER_CAPTURE = False
 
     @property
     def slots(self) -> int:
@@ -344,7 +343,6 @@ class Streams:
     def close(self) -> None:
         # threads cannot be stopped: cells still running are abandoned (daemon threads end with the process)
         self._queue.clear()
-        step_capture.EMPTY_CACHE_AFTER_CAPTURE = True
 
     def _dispatch(self) -> None:
         while self._queue and len(self._running) < self._limit:
@@ -385,15 +383,18 @@ class _Running:
 
 
 def _cell_on_own_stream(key: int, cell: Cell, options: CellOptions, results: queue.Queue) -> None:
-    """Run a cell in this thread, its CUDA work on a stream of its own (the current stream is per thread)."""
+    """Run a cell in this thread, its CUDA work on a stream of its own (the current stream is per thread). The
+    thread is registered with the capture gate throughout: while another cell captures a CUDA graph, this one
+    stands still at its next checkpoint (harness/run/capture_gate.py)."""
     try:
-        if torch.cuda.is_available() and str(cell.train.device) != "cpu":
-            stream = torch.cuda.Stream()
-            with torch.cuda.stream(stream):
+        with GATE.registered(cell.label):
+            if torch.cuda.is_available() and str(cell.train.device) != "cpu":
+                stream = torch.cuda.Stream()
+                with torch.cuda.stream(stream):
+                    rows, meta = run_cell(cell, options)
+                stream.synchronize()
+            else:
                 rows, meta = run_cell(cell, options)
-            stream.synchronize()
-        else:
-            rows, meta = run_cell(cell, options)
     except BaseException as err:  # noqa: BLE001 - run_cell records the cell's own failures; this is the thread's
         rows, meta = environment_failure(f"the cell's thread failed: {type(err).__name__}: {err}")
     results.put((key, rows, meta))

@@ -20,7 +20,9 @@ of the time. A graph needs fixed addresses, fixed shapes and no decision on the 
 Each shape's first WARMUP_STEPS batches run the same step eagerly on a side stream (Triton compiles and tunes,
 AdamW creates its state, cuBLAS picks its kernels); the next batch of that shape is captured and replayed. Packed
 documents (segment ids) have data-dependent shapes (document offsets read on the host) and always run eagerly, as
-does a shape whose capture fails or one beyond MAX_GRAPHS; `describe()` says what ran, for the results.
+does a shape whose capture fails or one beyond MAX_GRAPHS; `describe()` says what ran, for the results. A capture
+holds the process's capture gate (harness/run/capture_gate.py): the other cells of the process, under the streams
+launcher, stand still meanwhile.
 
 All graphs share one memory pool: they never run at the same time, and nothing allocated inside a graph has to
 outlive its replay (parameters, optimizer state and the static buffers are allocated outside; the loss is copied
@@ -29,6 +31,7 @@ out after each replay).
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -38,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harness.errors import warn
+from harness.run.capture_gate import GATE
 from tasks.base import IGNORE
 
 WARMUP_STEPS = 2
@@ -46,9 +50,6 @@ MAX_GRAPHS = 32
 """Shapes captured at most; batches of further shapes run eagerly (tasks with many lengths)."""
 MIN_CAPACITY = 64
 """Fewest scored positions a graph is made for (smaller counts round up to it)."""
-EMPTY_CACHE_AFTER_CAPTURE = True
-"""Hand the allocator's cache back after each capture; the streams launcher, whose cells share this process and its
-cache, turns it off."""
 
 
 def scored_loss(
@@ -131,6 +132,7 @@ class CapturedStep:
         self.steps: Counter[str] = Counter()  # steps per path: 'graph', or 'eager (why)'
 
     def __call__(self, inputs: Tensor, labels: Tensor, segments: Tensor | None) -> Tensor:
+        GATE.checkpoint()  # another cell of this process may be capturing: no CUDA call of this one until it ends
         inputs, labels = torch.as_tensor(inputs), torch.as_tensor(labels)
         positions, targets = scored_positions(labels)
         if segments is not None:
@@ -200,15 +202,16 @@ class CapturedStep:
         return loss
 
     def _capture(self, shape: _Shape) -> None:
-        graph = torch.cuda.CUDAGraph()
-        floats = [group["lr"] for group in self.optimizer.param_groups]
-        for group, lr in zip(self.optimizer.param_groups, self.lrs, strict=True):
-            group["lr"] = lr  # the graph reads the learning rate from the device
+        """Record `shape`'s step as a graph; if that fails, the shape trains eagerly."""
         try:
-            # thread_local: other threads of this process (the streams launcher's cells) may allocate and
-            # synchronise while this one captures; only this thread's calls must keep out of the capture
-            with torch.cuda.graph(graph, pool=self.pool, stream=self.side, capture_error_mode="thread_local"):
-                loss = self._body(shape.inputs, shape.positions, shape.targets, None)
+            with GATE.capturing():
+                graph, loss = self._record(shape)
+                # The eager warm-up steps left their activations in the allocator's cache, beside the graphs' own
+                # pool, which replays never give back: 12 packed kda@kimi-synth cells held 11.9 GiB each against a
+                # peak of 7.9 allocated, and the twelfth ran out of memory (H200, 2026-12-02). Hand the cache back
+                # while the gate is held: with the other cells standing still, its cudaFree lands in no capture of
+                # theirs (torch.cuda.graph has already emptied the cache on entering, under the gate too).
+                torch.cuda.empty_cache()
         except torch.cuda.OutOfMemoryError:
             raise  # the cell's result is 'oom', as eagerly
         except Exception as err:  # noqa: BLE001 - any failure to capture leaves this shape eager
@@ -218,13 +221,38 @@ class CapturedStep:
                 f"CUDA graph ({type(err).__name__}: {err}); those batches train eagerly"
             )
             return
+        shape.graph, shape.loss = graph, loss
+
+    def _record(self, shape: _Shape) -> tuple[torch.cuda.CUDAGraph, Tensor]:
+        """The graph of one step on `shape`'s static buffers, and its loss output."""
+        graph = torch.cuda.CUDAGraph()
+        current = torch.cuda.current_stream(self.device)
+        floats = [group["lr"] for group in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, self.lrs, strict=True):
+            group["lr"] = lr  # the graph reads the learning rate from the device
+        try:
+            # thread_local: CUDA refuses unsafe calls (a cudaMalloc, say) of this thread only, not of a thread
+            # outside the capture gate (none in the harness); the other cells' calls the gate keeps out
+            with torch.cuda.graph(graph, pool=self.pool, stream=self.side, capture_error_mode="thread_local"):
+                loss = self._body(shape.inputs, shape.positions, shape.targets, None)
+        except BaseException:
+            # a capture_end that raises skips torch.cuda.graph's restoring of this thread's stream
+            torch.cuda.set_stream(current)
+            _stop_recording(self.pool)
+            raise
         finally:
             for group, lr in zip(self.optimizer.param_groups, floats, strict=True):
                 group["lr"] = lr
-        shape.graph, shape.loss = graph, loss
-        # The eager warm-up steps left their activations in the allocator's cache, beside the graphs' own pool,
-        # which replays never give back: 12 packed kda@kimi-synth cells held 11.9 GiB each against a peak of 7.9
-        # allocated, and the twelfth ran out of memory (H200, 2026-12-02). Hand the cache back, unless other cells
-        # of this process use it (the streams launcher).
-        if EMPTY_CACHE_AFTER_CAPTURE:
-            torch.cuda.empty_cache()
+        return graph, loss
+
+
+def _stop_recording(pool: tuple[int, int]) -> None:
+    """End the caching allocator's recording into `pool` after a failed capture. torch 2.11 raises out of
+    capture_end before it tells the allocator that the capture is over, and CUDAGraph's reset does not tell it
+    either, so the pool stays 'recording': the next capture into it fails ('beginAllocateToPool: already recording
+    to mempool_id', as every later shape of each cell did in results/packing-h200/), and while the allocator
+    counts a capture under way, emptying its cache hands back nothing, for every thread of the process (the pool
+    launcher's workers empty it between cells). Newer torch ends the recording itself before it raises."""
+    # RuntimeError 'not currently recording': the failure came before the recording began, or torch ended it
+    with contextlib.suppress(RuntimeError):
+        torch._C._cuda_endAllocateToPool(torch.cuda.current_device(), pool)

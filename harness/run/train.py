@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from harness.config import ADDED_LATER
 from harness.errors import warn
 from harness.results.store import atomic_write, set_aside
+from harness.run.capture_gate import GATE
 from harness.run.device import autocast_dtype, peak_memory_gib
 from harness.run.evaluate import evaluate
 from harness.run.loggers import EVALUATION_FIELDS, RunLogger
@@ -286,6 +287,7 @@ def eager_step(
 ) -> torch.Tensor:
     """One training step, launched op by op; returns the loss. A non-finite loss makes no update (and ends
     training when `settle` reads it)."""
+    GATE.checkpoint()  # another cell of this process may be capturing: no CUDA call of this one until it ends
     inputs, labels, segments = (
         None if t is None else torch.as_tensor(t).to(device, non_blocking=True)
         for t in (inputs, labels, segments)

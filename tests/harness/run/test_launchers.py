@@ -216,6 +216,51 @@ def test_streams_reruns_a_cell_that_ran_out_of_memory_beside_others(monkeypatch,
     assert all(rows == [{"status": "ok"}] for _, rows, _ in done)
 
 
+def test_streams_cells_stand_still_while_another_captures(monkeypatch):
+    # the launcher registers each cell's thread with the capture gate: a cell's CUDA calls (here sleeps between
+    # checkpoints) stop while another cell of the process captures, and go on after it
+    import threading
+    import time
+
+    import harness.run.launchers as launchers
+    from harness.run.capture_gate import GATE
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    stepping, capturing = small_cells(lrs=(1e-3, 3e-3), seeds=(0,))
+    spans, captures, started, captured = [], [], threading.Event(), threading.Event()
+
+    def fake_run_cell(cell, options):
+        if cell.id == stepping.id:
+            for _ in range(500):
+                GATE.checkpoint()
+                begin = time.monotonic()
+                started.set()
+                time.sleep(0.01)
+                spans.append((begin, time.monotonic()))
+                if captured.is_set():
+                    break
+        else:
+            assert started.wait(5)
+            with GATE.capturing():
+                began = time.monotonic()
+                time.sleep(0.1)
+                captures.append((began, time.monotonic()))
+            captured.set()
+        return [{"status": "ok"}], {}
+
+    monkeypatch.setattr(launchers, "run_cell", fake_run_cell)
+    streams = launchers.Streams(LaunchOptions(cells_per_gpu=2))
+    streams.submit(stepping, None)
+    streams.submit(capturing, None)
+    done, deadline = [], time.monotonic() + 10
+    while len(done) < 2 and time.monotonic() < deadline:
+        done += streams.wait(timeout=1)
+    assert [rows for _, rows, _ in done] == [[{"status": "ok"}]] * 2
+    ((began, ended),) = captures
+    assert all(end <= began or start >= ended for start, end in spans)
+    assert any(start >= ended for start, _ in spans)  # it went on after the capture
+
+
 def test_streams_refuses_several_gpus_and_a_failed_thread_is_no_result(monkeypatch, tmp_path):
     import harness.run.launchers as launchers
 

@@ -1,5 +1,9 @@
 """The training step replayed from CUDA graphs, on a GPU: the same losses as the eager step (bf16 tolerance) over a
-mixture of lengths, every shape captured, no update after a non-finite loss, packed documents eager."""
+mixture of lengths, every shape captured, no update after a non-finite loss, packed documents eager; a failed
+capture spoils no later one, and cells of the streams launcher (threads of one process) capture through the
+capture gate."""
+
+import re
 
 import pytest
 import torch
@@ -105,3 +109,56 @@ def test_packed_documents_train_eagerly():
     for _ in range(4):
         assert torch.isfinite(step(inputs, inputs, segments))
     assert "eager (packed documents" in step.describe() and step.steps["graph"] == 0
+
+
+def test_after_a_failed_capture_the_next_shape_still_captures(monkeypatch):
+    """A capture that fails leaves its shape eager and ends the allocator's recording into the graphs' pool: the
+    next shape captures into the same pool (torch 2.11 left the pool recording, and every later capture failed with
+    'already recording to mempool_id': results/packing-h200/), and emptying the cache hands memory back again."""
+    torch.manual_seed(0)
+    device = torch.device("cuda")
+    model = LanguageModel(build_model_config("kda", "tiny", vocab_size=VOCAB)).to(device)
+    optimizer = make_optimizer(model, TrainConfig(), capturable=True)
+    step = CapturedStep(model, optimizer, grad_clip=1.0, amp=torch.bfloat16, device=device)
+    body, failed = step._body, []
+
+    def body_that_waits_for_the_gpu_once(*args):
+        loss = body(*args)
+        if torch.cuda.is_current_stream_capturing() and not failed:
+            failed.append(True)
+            loss.item()  # a wait for the GPU, which a capture does not allow: this capture fails
+        return loss
+
+    monkeypatch.setattr(step, "_body", body_that_waits_for_the_gpu_once)
+    for length in (64, 96):
+        inputs = torch.randint(VOCAB, (8, length))
+        labels = torch.where(torch.rand(8, length) < 0.2, inputs, IGNORE)
+        for _ in range(WARMUP_STEPS + 2):  # warm-up, then a capture and its replay, then a replay
+            assert torch.isfinite(step(inputs, labels, None))
+    path = step.describe()
+    assert failed and "eager (capture failed: " in path and " in 1 shapes" in path, path
+    assert step.steps["graph"] == 2
+    spare = torch.empty(2**28, dtype=torch.uint8, device=device)
+    del spare  # 256 MiB in the cache
+    reserved = torch.cuda.memory_reserved(device)
+    torch.cuda.empty_cache()
+    assert torch.cuda.memory_reserved(device) < reserved  # no capture is counted as under way any more
+
+
+def test_cells_of_the_streams_launcher_capture_their_steps(tmp_path):
+    """Four cells as threads of one process, each on a CUDA stream of its own, capture their batch shapes: the
+    capture gate keeps each cell's CUDA calls out of the others' captures (before it, 12 such cells failed every
+    capture: results/packing-h200/)."""
+    from harness.results.store import ResultStore
+    from harness.run.launchers import LaunchOptions, make_launcher
+    from harness.run.sweep import run_cells
+    from tests.harness.run.sweeps import small_cells
+
+    cells = small_cells(lrs=(1e-3, 3e-3), seeds=(0, 1))
+    store = ResultStore(tmp_path)
+    outcome = run_cells(cells, store, launcher=make_launcher("streams", LaunchOptions(cells_per_gpu=4)))
+    assert outcome.ran == len(cells)
+    for cell in cells:
+        path = store.read_meta(cell.id)["train_step"]
+        captured = re.match(r"cuda-graph: \d+ steps in (\d+) shapes", path)
+        assert captured and int(captured.group(1)) >= 1 and "capture failed" not in path, path
