@@ -1057,46 +1057,103 @@ def chunk_bwd(
     return dqo.to(q.dtype), dko.to(k.dtype), dv, dg.to(g.dtype), dbeta, dh0, dA_log, ddt_bias
 
 
+# What the forward keeps for the backward, in chunk_fwd's order; some exist only with the delta rule or with the
+# fused L2 norm (without the delta rule, V' is V itself and is not kept twice).
+SAVED = ("G", "Aqk", "Akk", "M", "w", "u", "h", "vn", "rq", "rk")
+
+
+def _kept(name: str, delta: bool, l2norm: bool) -> bool:
+    if name in ("Akk", "M", "w", "u", "vn"):
+        return delta
+    if name in ("rq", "rk"):
+        return l2norm
+    return True
+
+
 class ChunkGatedDeltaRule(torch.autograd.Function):
+    """The chunked op with its gradients, in the form that torch.func needs (a forward without ctx, then
+    setup_context), so that it also runs under `torch.vmap`: several models of one architecture stacked and trained
+    as one (harness/run/grid_step.py) call it once for all of them. Its vmap rule folds the stacked models into the
+    heads, which every kernel treats independently, so the kernels launch once with G x H heads instead of G times.
+
+    The forward's intermediates for the backward leave it as extra outputs (setup_context sees only inputs and
+    outputs), marked non-differentiable; `chunk_gated_delta_rule_triton` returns (o, final state) alone."""
+
     @staticmethod
     def forward(
-        ctx, q, k, v, g, beta, initial_state, A_log, dt_bias, scale, gate, delta, output_final_state, cu_seqlens, C,
+        q, k, v, g, beta, initial_state, A_log, dt_bias, scale, gate, delta, output_final_state, cu_seqlens, C,
         l2norm,
     ):  # fmt: skip
         o, ht, saved = chunk_fwd(
             q, k, v, g, beta, scale, initial_state, output_final_state, cu_seqlens, gate, delta, C, l2norm, A_log,
             dt_bias, VERSION,
         )  # fmt: skip
-        ctx.save_for_backward(q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, *saved)
-        ctx.config = (scale, gate, delta, C, l2norm, VERSION)
-        return o, ht
+        kept = [x for name, x in zip(SAVED, saved, strict=True) if _kept(name, delta, l2norm)]
+        return o, ht, *kept
 
     @staticmethod
-    def backward(ctx, do, dht):
-        q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, *saved = ctx.saved_tensors
+    def setup_context(ctx, inputs, output):
+        q, k, v, g, beta, initial_state, A_log, dt_bias, scale, gate, delta, _, cu_seqlens, C, l2norm = inputs
+        kept = output[2:]
+        ctx.mark_non_differentiable(*kept)
+        # the kept outputs are never used, so their gradients are never made (zeros of their size, otherwise)
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, *kept)
+        ctx.config = (scale, gate, delta, C, l2norm, VERSION)
+
+    @staticmethod
+    def backward(ctx, do, dht, *_):
+        q, k, v, g, beta, initial_state, cu_seqlens, A_log, dt_bias, *kept = ctx.saved_tensors
         scale, gate, delta, C, l2norm, version = ctx.config
+        present = iter(kept)
+        saved = [next(present) if _kept(name, delta, l2norm) else None for name in SAVED]
+        if not delta:
+            saved[SAVED.index("vn")] = v
+        if do is None:  # only the final state was used
+            do = torch.zeros(v.shape, dtype=v.dtype, device=v.device)
         grads = chunk_bwd(
-            q,
-            k,
-            v,
-            g,
-            beta,
-            scale,
-            initial_state,
-            cu_seqlens,
-            gate,
-            delta,
-            C,
-            saved,
-            do,
-            dht,
-            l2norm,
-            A_log,
-            dt_bias,
-            version,
-        )
+            q, k, v, g, beta, scale, initial_state, cu_seqlens, gate, delta, C, saved, do, dht, l2norm, A_log,
+            dt_bias, version,
+        )  # fmt: skip
         dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias = grads
         return dq, dk, dv, dg, dbeta, dh0, dA_log, ddt_bias, *[None] * 7
+
+    @staticmethod
+    def vmap(
+        info, in_dims, q, k, v, g, beta, initial_state, A_log, dt_bias, scale, gate, delta, output_final_state,
+        cu_seqlens, C, l2norm,
+    ):  # fmt: skip
+        """G stacked models as G x H heads: per-token inputs (B, T, H, ...) -> (B, T, G*H, ...), the initial state
+        (N, H, K, V) -> (N, G*H, K, V), A_log (H,) -> (G*H,), dt_bias (H,) | (H*K,) | (H, K) -> (G*H*...); the
+        outputs are unfolded back. An input without the stacked dimension is shared by all G models."""
+        G = info.batch_size
+        if in_dims[12] is not None:
+            raise ValueError("cu_seqlens must be the same for every stacked model")
+
+        def fold(x, dim, head_axis):
+            if x is None:
+                return None
+            if dim is None:
+                x = x.unsqueeze(head_axis).expand(*x.shape[:head_axis], G, *x.shape[head_axis:])
+            else:
+                x = x.movedim(dim, head_axis)
+            return x.flatten(head_axis, head_axis + 1).contiguous()
+
+        def fold_params(x, dim):  # per head, head-major: G models' in a row are G x H heads'
+            if x is None:
+                return None
+            return (x.expand(G, *x.shape) if dim is None else x.movedim(dim, 0)).reshape(-1).contiguous()
+
+        q, k, v, g, beta = (fold(x, d, 2) for x, d in zip((q, k, v, g, beta), in_dims[:5], strict=True))
+        initial_state = fold(initial_state, in_dims[5], 1)
+        A_log, dt_bias = fold_params(A_log, in_dims[6]), fold_params(dt_bias, in_dims[7])
+        o, ht, *kept = ChunkGatedDeltaRule.apply(
+            q, k, v, g, beta, initial_state, A_log, dt_bias, scale, gate, delta, output_final_state, cu_seqlens,
+            C, l2norm,
+        )  # fmt: skip
+        o = o.unflatten(2, (G, -1))
+        ht = None if ht is None else ht.unflatten(1, (G, -1))
+        return (o, ht, *kept), (2, None if ht is None else 1, *[None] * len(kept))
 
 
 def chunk_gated_delta_rule_triton(
@@ -1132,7 +1189,8 @@ def chunk_gated_delta_rule_triton(
     if A_log is not None:
         A_log = A_log.contiguous()
         dt_bias = A_log.new_zeros(g.shape[2:]) if dt_bias is None else dt_bias.contiguous()
-    return ChunkGatedDeltaRule.apply(
+    o, ht, *_ = ChunkGatedDeltaRule.apply(
         q, k, v, g, beta, initial_state, A_log, dt_bias, scale, gate, delta, output_final_state, cu_seqlens,
         chunk_size, use_qk_l2norm,
     )  # fmt: skip
+    return o, ht

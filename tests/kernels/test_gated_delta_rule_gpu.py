@@ -139,3 +139,43 @@ def test_triton_fused_qk_l2norm_and_gate_activation_bf16(gate):
     result = run_with_grads(gated_delta_rule, low, gate, True, impl="triton", use_qk_l2norm=True)
     assert {"A_log", "dt_bias"} <= set(result[2])
     assert_within_table([result[0].cpu(), result[1].cpu(), {n: g.cpu() for n, g in result[2].items()}], ref)
+
+
+@pytest.mark.parametrize("gate, delta", FAMILY)
+def test_triton_vmap_over_stacked_models_on_cuda(gate, delta):
+    """Four stacked models' heads in one launch (harness/run/grid_step.py) give each model's own output and
+    gradients, at the synthetic suites' head size (bf16: the same kernels, other heads; agreement to rounding)."""
+    torch.manual_seed(0)
+    G, B, T, H, K = 4, 4, 300, 2, 128
+    shape = (G, B, T, H, K) if gate == "channel" else (G, B, T, H)
+    inputs = dict(
+        q=torch.randn(G, B, T, H, K),
+        k=torch.randn(G, B, T, H, K),
+        v=torch.randn(G, B, T, H, K),
+        g=torch.randn(shape),
+        beta=torch.rand(G, B, T, H) if delta else None,
+        A_log=torch.randn(G, H),
+    )
+    inputs = {
+        n: None
+        if x is None
+        else x.to("cuda", torch.bfloat16 if n in "qkv" else torch.float32).requires_grad_(True)
+        for n, x in inputs.items()
+    }
+    names = [n for n, x in inputs.items() if x is not None]
+
+    def op(*xs):
+        kw = dict(zip(names, xs, strict=True))
+        return gated_delta_rule(**kw, gate=gate, delta=delta, impl="triton", use_qk_l2norm=True)[0]
+
+    o = torch.vmap(op)(*[inputs[n] for n in names])
+    o.float().square().sum().backward()
+    stacked = {n: inputs[n].grad.clone() for n in names}
+    for n in names:
+        inputs[n].grad = None
+    for i in range(G):
+        o_i = op(*[inputs[n][i] for n in names])
+        assert rel_rms(o[i], o_i) < 1e-3
+        o_i.float().square().sum().backward()
+    for n in names:
+        assert rel_rms(stacked[n], inputs[n].grad) < 1e-3, n

@@ -204,3 +204,53 @@ def test_fused_options_on_the_decode_path(gate):
         )
     assert rel_rms(o, o_ref) < TOLERANCE[torch.float32]
     assert rel_rms(s, s_ref) < TOLERANCE[torch.float32]
+
+
+# each member once, two of them with the fused options (the interpreter takes seconds per call)
+@pytest.mark.parametrize(
+    "gate, delta, fused_options",
+    [("channel", True, True), ("scalar", True, False), ("scalar", False, True), ("channel", False, False)],
+)
+def test_vmap_over_stacked_models_is_each_model_alone(gate, delta, fused_options):
+    """torch.vmap over G stacked models (harness/run/grid_step.py) runs the kernels once with the G models' heads
+    side by side: outputs, final states and every gradient are those of G calls one model at a time."""
+    torch.manual_seed(0)
+    G, B, T, H, K, V = 2, 2, 20, 2, 16, 16
+    gate_shape = (G, B, T, H, K) if gate == "channel" else (G, B, T, H)
+    inputs = dict(
+        q=torch.randn(G, B, T, H, K),
+        k=torch.randn(G, B, T, H, K),
+        v=torch.randn(G, B, T, H, V),
+        g=torch.randn(gate_shape) if fused_options else -0.3 * torch.rand(gate_shape),
+        beta=torch.rand(G, B, T, H) if delta else None,
+        initial_state=torch.randn(G, B, H, K, V),
+        A_log=torch.randn(G, H) if fused_options else None,
+        dt_bias=torch.randn(G, *gate_shape[3:]) if fused_options else None,
+    )
+    inputs = {n: None if x is None else x.requires_grad_(True) for n, x in inputs.items()}
+    if not fused_options:  # delta needs unit keys: normalised here when the op does not
+        inputs["k"] = torch.nn.functional.normalize(inputs["k"].detach(), dim=-1).requires_grad_(True)
+
+    def op(**kw):
+        return gated_delta_rule(
+            **kw, gate=gate, delta=delta, impl="triton", chunk_size=16, output_final_state=True,
+            use_qk_l2norm=fused_options,
+        )  # fmt: skip
+
+    names = [n for n, x in inputs.items() if x is not None]
+
+    def stacked_op(*xs):
+        return op(**dict(zip(names, xs, strict=True)))
+
+    o, ht = torch.vmap(stacked_op)(*[inputs[n] for n in names])
+    (o.square().sum() + ht.square().sum()).backward()
+    stacked_grads = {n: inputs[n].grad.clone() for n in names}
+    for n in names:
+        inputs[n].grad = None
+    for i in range(G):
+        o_i, ht_i = op(**{n: inputs[n][i] for n in names})
+        torch.testing.assert_close(o[i], o_i, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ht[i], ht_i, rtol=1e-5, atol=1e-5)
+        (o_i.square().sum() + ht_i.square().sum()).backward()
+    for n in names:
+        torch.testing.assert_close(stacked_grads[n], inputs[n].grad, rtol=1e-4, atol=1e-4, msg=n)
