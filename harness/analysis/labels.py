@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pandas as pd
@@ -108,8 +109,17 @@ def setting_columns(rows: pd.DataFrame, configs: dict[str, dict]) -> tuple[pd.Se
             for setting_id in ids:
                 text = ", ".join(f"{k}={_short(tasks[setting_id].get(k))}" for k in differing)
                 variant.loc[members.index[members["setting_id"] == setting_id]] = text
-    # a model that is not its preset says how (the table's other rows may hold no sibling to differ from)
+    # a model that is not its preset says how (the table's other rows may hold no sibling to differ from), and so
+    # does a training or task setting that is not its suite's, unless every row of its table shares it (then the
+    # table says it once: `table_deviations`)
     changed = {s: preset_deviations(view) for s, view in configs.items()}
+    for _, members in rows.groupby(table + "|" + variant, sort=False):  # the report's tables
+        ids = [s for s in dict.fromkeys(members["setting_id"]) if s in configs]
+        off = {s: suite_deviations(configs[s]) for s in ids}
+        shared = _shared(off)
+        for s in ids:
+            own = ", ".join(f"{k}={_short(stored)}" for k, (stored, _) in off[s].items() if k not in shared)
+            changed[s] = ", ".join(part for part in (changed[s], own) if part)
     suffix = rows["setting_id"].map(lambda s: changed.get(s, ""))
     base = base.where(suffix == "", base + " [" + suffix + "]")
     labels = base.copy()
@@ -145,6 +155,56 @@ def preset_deviations(view: dict) -> str:
     stored, planned = flatten(to_dict(cell.model)), flatten(to_dict(preset))
     keys = [k for k in sorted(set(stored) | set(planned)) if stored.get(k) != planned.get(k)]
     return ", ".join(f"model.{k}={_short(stored.get(k))}" for k in keys)
+
+
+# Training fields that say how a cell runs, not what it trains (and the lr, a column of every table).
+_RUN_OPTIONS = {"train.lr", "train.device", "train.step_capture", "train.eval_batch_size"}
+
+
+def suite_deviations(view: dict) -> dict[str, tuple[object, object]]:
+    """The training and task settings in which a stored cell config differs from what its suite at its scale plans
+    for its task today, as {'train.max_steps': (stored, planned)}: a `--set` override, or a suite whose settings
+    changed since the cell ran. Run options (device, step capture, evaluation batch) and the lr are left out.
+    Where the suite plans several configurations of the task (one per length), the nearest is compared. {} where
+    the suite or its scale is unknown (a plugin's, not loaded)."""
+    from harness.config import to_dict
+    from harness.registry import SUITES
+    from harness.run.cell import Cell
+    from harness.run.train import TrainConfig
+
+    try:
+        cell = Cell.from_view(view)
+        scale = SUITES.get(cell.suite).scales[cell.scale]
+        planned_train = dataclasses.replace(TrainConfig(), **scale.train_for(cell.task_name))
+    except Exception:  # noqa: BLE001 - a cell of an unknown suite, scale or an older layout: nothing to compare
+        return {}
+    stored = {f"train.{k}": v for k, v in flatten(to_dict(cell.train)).items()}
+    planned = {f"train.{k}": v for k, v in flatten(to_dict(planned_train)).items()}
+    tasks = [flatten(to_dict(config)) for name, config in scale.tasks if name == cell.task_name]
+    if tasks:
+        mine = flatten(to_dict(cell.task))
+        nearest = min(tasks, key=lambda t: sum(mine.get(k) != t.get(k) for k in set(mine) | set(t)))
+        stored |= {f"task.{k}": v for k, v in mine.items()}
+        planned |= {f"task.{k}": v for k, v in nearest.items()}
+    keys = sorted(k for k in set(stored) | set(planned) if k not in _RUN_OPTIONS)
+    return {k: (stored.get(k), planned.get(k)) for k in keys if stored.get(k) != planned.get(k)}
+
+
+def table_deviations(setting_ids: list[str], configs: dict[str, dict]) -> str:
+    """What every configuration of one table does otherwise than its suite plans, as
+    'train.max_steps=500 (the suite's: 6000)'; '' when nothing is shared (or nothing differs)."""
+    off = {s: suite_deviations(configs[s]) for s in dict.fromkeys(setting_ids) if s in configs}
+    shared = _shared(off)
+    first = next(iter(off.values()), {})
+    return ", ".join(f"{k}={_short(first[k][0])} (the suite's: {_short(first[k][1])})" for k in shared)
+
+
+def _shared(off: dict[str, dict[str, tuple[object, object]]]) -> list[str]:
+    """The deviations that every one of `off`'s configurations has, with the same value."""
+    if not off:
+        return []
+    views = list(off.values())
+    return [k for k in views[0] if all(k in v and repr(v[k]) == repr(views[0][k]) for v in views)]
 
 
 def _join(frame: pd.DataFrame) -> pd.Series:

@@ -34,6 +34,7 @@ from harness.analysis.labels import (
     same_model_warnings,
     setting_columns,
     slice_sort_key,
+    table_deviations,
     task_label,
 )
 from harness.analysis.stats import mean_interval
@@ -317,7 +318,10 @@ def pivot_markdown(best: pd.DataFrame) -> str:
         shown = shown.loc[:, (shown != "").any(axis=0)]
         where = " · ".join(str(part) for part in (suite, scale) if pd.notna(part))
         table_text = shown.to_markdown(index=False, disable_numparse=True)
-        parts.append(f"### {where} · {task} · {metric}\n\n{table_text}")
+        # settings every row shares but the suite does not plan: said once, above the table
+        off = table_deviations(list(group["setting_id"]), best.attrs.get("configs", {}))
+        note = f"Not {where}'s settings, in every row: {off}\n\n" if off else ""
+        parts.append(f"### {where} · {task} · {metric}\n\n{note}{table_text}")
     intervals = (
         "mean ± half-width of the 95% t-interval over the values pooled (no ± with one); seeds: distinct seeds"
         " (and values, where they differ); best lr by the mean over slices; one row per trained configuration"

@@ -42,24 +42,35 @@ def test_every_row_is_one_trained_configuration_with_its_counts(mixed_store):
     assert rows["setting_id"].notna().all()
     table = pivot(best_lr(summarize(rows, mixed_store)))
     table = table[table["metric"] == "accuracy"].set_index("model")
+    # every row trained 2 or 3 steps where the suite plans 1500: each says which (the settings all rows share,
+    # the data size, are said once above the table)
+    kimi_synth = "kda@kimi-synth [train.max_steps=2]"
     assert set(table.index) == {
         "kda@tiny [train.max_steps=2]",
         "kda@tiny [train.max_steps=3]",
-        "kda@kimi-synth",
-        "kimi@tiny",
-        "kda:mla=1:1@tiny",
+        kimi_synth,
+        "kimi@tiny [train.max_steps=2]",
+        "kda:mla=1:1@tiny [train.max_steps=2]",
     }
     assert table.loc["kda@tiny [train.max_steps=2]", "seeds"] == 2
     assert table.loc["kda@tiny [train.max_steps=3]", "seeds"] == 1
-    assert table.loc["kda@kimi-synth", "seeds"] == 2 and table.loc["kda@kimi-synth", "values"] == 2
-    assert table.loc["kda@kimi-synth", "params"] > 10 * table.loc["kda@tiny [train.max_steps=2]", "params"]
+    assert table.loc[kimi_synth, "seeds"] == 2 and table.loc[kimi_synth, "values"] == 2
+    assert table.loc[kimi_synth, "params"] > 10 * table.loc["kda@tiny [train.max_steps=2]", "params"]
     assert table.loc["kda@tiny [train.max_steps=3]", "steps_max"] == 3
 
 
 def test_the_report_warns_of_one_model_under_two_names(mixed_store):
     text = write_report(mixed_store.read(), mixed_store, None, "all")
-    assert "warning: kda:mla=1:1@tiny and kimi@tiny are the same model" in text
-    assert "| kda@kimi-synth " in text and "| kda@tiny [train.max_steps=3] " in text
+    assert (
+        "warning: kda:mla=1:1@tiny [train.max_steps=2] and kimi@tiny [train.max_steps=2] are the same model"
+        in text
+    )
+    assert "| kda@kimi-synth [train.max_steps=2] " in text and "| kda@tiny [train.max_steps=3] " in text
+    # what every row does otherwise than the suite, once above the table
+    assert (
+        "Not smoke · tiny's settings, in every row: task.num_test=32 (the suite's: 256), task.num_train=256"
+        in text
+    )
 
 
 def test_a_store_with_lm_eval_rows_of_another_model(tmp_path):
@@ -152,3 +163,21 @@ def test_a_model_that_is_not_its_preset_says_so_even_alone(tmp_path):
     table = pivot(best_lr(summarize(store.read(), store)))
     labels = set(table[table["metric"] == "accuracy"]["model"])
     assert labels == {"gdn@tiny [model.mixers.gdn.output_gate=sigmoid]", "kda@tiny"}
+
+
+def test_a_setting_off_the_suite_is_named_where_no_sibling_shows_it(tmp_path):
+    """A configuration trained longer than its suite plans, alone in its table (the variant of a store whose
+    baseline lives elsewhere), cannot pass for the suite's protocol: the table says what all its rows changed; where
+    rows differ, each row's label says its own value."""
+    store = ResultStore(tmp_path)
+    run(store, ["kda@tiny"])
+    alone = write_report(store.read(), store, None, "all")
+    assert "| kda@tiny " in alone  # one row: its settings are the table's
+    assert (
+        "in every row: task.num_test=32 (the suite's: 256)" in alone
+        and "train.max_steps=2 (the suite's: 1500)" in alone
+    )
+    run(store, ["gdn@tiny"], overrides=["train.max_steps=3"])
+    both = pivot(best_lr(summarize(store.read(), store)))
+    labels = set(both[both["metric"] == "accuracy"]["model"])
+    assert labels == {"kda@tiny [train.max_steps=2]", "gdn@tiny [train.max_steps=3]"}
