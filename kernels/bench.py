@@ -132,15 +132,15 @@ def _full_shape(shape) -> tuple[int, int, int]:
     return int(B), int(T), int(H[0]) if H else HEADS
 
 
-def _inputs(op: str, B: int, T: int, grad: bool, H: int = HEADS):
+def _inputs(op: str, B: int, T: int, grad: bool, H: int = HEADS, device: str = DEVICE, D: int = HEAD_DIM):
     gate, delta = OPS[op]
-    D = HEAD_DIM
-    dev, bf16 = DEVICE, torch.bfloat16
-    q = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(bf16)
-    k = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(bf16)
-    v = torch.randn(B, T, H, D, device=dev, dtype=bf16)
+    dev = device
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32  # bf16 is wrong in the interpreter
+    q = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(dtype)
+    k = F.normalize(torch.randn(B, T, H, D, device=dev), dim=-1).to(dtype)
+    v = torch.randn(B, T, H, D, device=dev, dtype=dtype)
     g = F.logsigmoid(torch.randn(B, T, H, *([D] if gate == "channel" else []), device=dev)) / 8
-    beta = torch.rand(B, T, H, device=dev, dtype=bf16) if delta else None
+    beta = torch.rand(B, T, H, device=dev, dtype=dtype) if delta else None
     tensors = {"q": q, "k": k, "v": v, "g": g, "beta": beta}
     for x in tensors.values():
         if x is not None:

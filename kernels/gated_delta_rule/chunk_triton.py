@@ -860,8 +860,30 @@ def _chunk_tables(cu_seqlens: Tensor | None, B: int, T: int, C: int):
     return len(counts), total, chunk_indices, offsets.to(torch.int32).contiguous()
 
 
-# Launch settings for every kernel but the cumsum: 8 warps keep the (C, K) tiles in registers (4 spill).
-HEAVY = dict(num_warps=8, num_stages=2)
+# Launch settings of every kernel but the cumsum, by kernel: 8 warps keep the (C, K) tiles in registers (4 spill).
+# One setting for all was chosen on the H100 for the heavy kernels (state, output, local_bwd); kernels with smaller
+# tiles (intra, whose tiles are (BC, K) = (16, 128) for a per-channel gate) may do better with fewer warps:
+# scripts/gpu/tune_launch.py measures each kernel's settings on a GPU (`launch_settings` overrides them).
+KERNELS = ("intra", "solve", "state", "output", "state_bwd", "local_bwd", "intra_bwd")
+LAUNCH = {name: dict(num_warps=8, num_stages=2) for name in KERNELS}
+
+
+@contextlib.contextmanager
+def launch_settings(**settings: dict):
+    """Launch the named kernels with other settings inside the block, e.g.
+    `launch_settings(intra=dict(num_warps=4, num_stages=1))` (the maths is the same; the speed is not)."""
+    unknown = set(settings) - set(KERNELS)
+    if unknown:
+        raise ValueError(
+            f"unknown kernel(s) {', '.join(sorted(unknown))}; expected some of {', '.join(KERNELS)}"
+        )
+    previous = {name: LAUNCH[name] for name in settings}
+    LAUNCH.update(settings)
+    try:
+        yield
+    finally:
+        LAUNCH.update(previous)
+
 
 # Kernel versions, so that one benchmark run times before and after: "v2" (main until issue #18) and "v3"
 # (per-channel diagonal blocks as matrix products, the forward intra grid by block, local_bwd's late loads).
@@ -953,7 +975,7 @@ def chunk_fwd(
         USE_DELTA=delta,
         FAST_DIAG=v3,
         **common,
-        **HEAVY,
+        **LAUNCH["intra"],
     )
     M = w = u = kd = None
     if delta:
@@ -980,7 +1002,7 @@ def chunk_fwd(
             BC=SUB_CHUNK,
             BV=BV,
             **common,
-            **HEAVY,
+            **LAUNCH["solve"],
         )
     h = _empty(NC, H, K, V, dtype=q.dtype, device=dev)
     vn = _empty(v.shape, dtype=v.dtype, device=dev) if delta else v
@@ -990,11 +1012,11 @@ def chunk_fwd(
     state_kernel[(triton.cdiv(V, BVS), N * H)](
         k, v, w, u, kd, G, h, vn, initial_state, ht, cu_seqlens, chunk_offsets, T, rk, V=V, BV=BVS,
         HAS_KD=kd is not None, USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, STORE_FINAL_STATE=output_final_state,
-        **common, **HEAVY,
+        **common, **LAUNCH["state"],
     )  # fmt: skip
     o = _empty(v.shape, dtype=v.dtype, device=dev)
     output_kernel[(triton.cdiv(V, BV), NC, H)](
-        q, G, h, vn, Aqk, o, cu_seqlens, chunk_indices, scale, T, rq, V=V, BV=BV, **common, **HEAVY
+        q, G, h, vn, Aqk, o, cu_seqlens, chunk_indices, scale, T, rq, V=V, BV=BV, **common, **LAUNCH["output"]
     )
     return o, ht, (G, Aqk, Akk, M, w, u, h, vn, rq, rk)
 
@@ -1020,7 +1042,7 @@ def chunk_bwd(
     state_bwd_kernel[(triton.cdiv(V, BVS), N * H)](
         q, k, w, G, Aqk, do, dh, dvn, dht, dh0, cu_seqlens, chunk_offsets, scale, T, rq, rk, V=V, BV=BVS,
         USE_DELTA=delta, HAS_INITIAL_STATE=initial_state is not None, HAS_FINAL_GRAD=dht is not None,
-        **common, **HEAVY,
+        **common, **LAUNCH["state_bwd"],
     )  # fmt: skip
     dq = _empty(B, T, H, K, dtype=torch.float32, device=dev)
     dk = _empty(B, T, H, K, dtype=torch.float32, device=dev)
@@ -1032,7 +1054,7 @@ def chunk_bwd(
     local_bwd_kernel[(NC, H)](
         q, k, v, beta, G, Akk, M, w, u, h, vn, dh, dvn, do, dq, dk, dv, dG, dbeta, dAqk, dAkk,
         cu_seqlens, chunk_indices, scale, T, rq, rk, V=V, BV=BV, USE_DELTA=delta, LATE_LOADS=version == "v3",
-        **common, **HEAVY,
+        **common, **LAUNCH["local_bwd"],
     )  # fmt: skip
     dg = _empty(G.shape, dtype=torch.float32, device=dev)
     gate_act = A_log is not None
@@ -1046,7 +1068,7 @@ def chunk_bwd(
     intra_bwd_kernel[(NC, H)](
         q, k, G, dAqk, dAkk, dq, dk, dqo, dko, dG, dg, cu_seqlens, chunk_indices, scale, T, rq, rk, g, A_log, dt_bias,
         dA_part, db_part, BC=BC, USE_DELTA=delta, GATE_ACT=gate_act, BG=1, FAST_DIAG=version == "v3", **common,
-        **HEAVY,
+        **LAUNCH["intra_bwd"],
     )  # fmt: skip
     dbeta = None if dbeta is None else dbeta.to(beta.dtype)
     if dh0 is not None:

@@ -102,3 +102,29 @@ def test_the_benchmark_times_fla_last_and_keeps_what_came_before(tmp_path, monke
     assert len(untimed) == 2 and all(r.fwd_ms is None and "warm budget" in r.note for r in untimed)
     table = (tmp_path / "kernels.md").read_text()
     assert table.index("| kda | fla-0.6.0 | 1×256×2") < table.index("| kda | triton | 1×512×2")
+
+
+def test_the_launch_tuning_script_runs_in_its_quick_mode(tmp_path):
+    """scripts/gpu/tune_launch.py --quick: the intra kernel at two settings in the interpreter, each checked
+    against the defaults' outputs, and a table of the best."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), OMP_NUM_THREADS="1", TRITON_INTERPRET="1")
+    script = root / "scripts" / "gpu" / "tune_launch.py"
+    subprocess.run([sys.executable, str(script), "--quick", "--out", str(tmp_path)], check=True, env=env,
+                   capture_output=True, timeout=300)  # fmt: skip
+    rows = [json.loads(line) for line in (tmp_path / "tune_launch.jsonl").read_text().splitlines()]
+    assert [r["kernel"] for r in rows] == [None, "intra", "intra", "all best"]
+    assert all(r["correct"] for r in rows[1:]) and all(r["fwd_bwd_ms"] > 0 for r in rows)
+    assert "| intra |" in (tmp_path / "tune_launch.md").read_text()
+    bad = subprocess.run([sys.executable, str(script), "--ops", "kdaa", "--out", str(tmp_path)], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (
+        bad.returncode == 2
+        and bad.stderr.strip() == "error: unknown op 'kdaa'; expected some of kda, gdn, ssd"
+    )

@@ -254,3 +254,28 @@ def test_vmap_over_stacked_models_is_each_model_alone(gate, delta, fused_options
         (o_i.square().sum() + ht_i.square().sum()).backward()
     for n in names:
         torch.testing.assert_close(stacked_grads[n], inputs[n].grad, rtol=1e-4, atol=1e-4, msg=n)
+
+
+def test_launch_settings_change_no_result_and_are_restored():
+    """Warps and stages are a kernel's speed, not its maths (scripts/gpu/tune_launch.py relies on it); the block
+    restores the defaults, and a kernel that does not exist is refused."""
+    from kernels.gated_delta_rule import chunk_triton
+
+    inputs = lowered(make_inputs(1, 20, 1, 16, 16, "channel", True, seed=3), torch.float32)
+    before = dict(chunk_triton.LAUNCH)
+    expected = run_with_grads(
+        gated_delta_rule, inputs, impl="triton", gate="channel", delta=True, chunk_size=16
+    )
+    with chunk_triton.launch_settings(
+        intra=dict(num_warps=2, num_stages=1), solve=dict(num_warps=4, num_stages=3)
+    ):
+        assert chunk_triton.LAUNCH["intra"] == dict(num_warps=2, num_stages=1)
+        changed = run_with_grads(
+            gated_delta_rule, inputs, impl="triton", gate="channel", delta=True, chunk_size=16
+        )
+    assert before == chunk_triton.LAUNCH
+    torch.testing.assert_close(changed[0], expected[0])
+    for name in expected[2]:
+        torch.testing.assert_close(changed[2][name], expected[2][name], msg=name)
+    with pytest.raises(ValueError, match="unknown kernel"), chunk_triton.launch_settings(intra_fwd={}):
+        pass
