@@ -168,6 +168,14 @@ def run(
             "run (jobs of limited length)."
         ),
     ] = None,
+    stack_lrs: Annotated[
+        bool,
+        typer.Option(
+            "--stack-lrs",
+            help="Train the lrs of each configuration and seed as one stacked model (one launch of each op for "
+            "all of them); each cell is stored as alone. Not with --tensorboard, --wandb or the lm task.",
+        ),
+    ] = False,
     deadline: Annotated[
         float | None,
         typer.Option(
@@ -209,6 +217,8 @@ def run(
         local=launcher != "ray" and estimate_for is None,
     )  # fmt: skip
     every = Every.parse(checkpoint_every)
+    if stack_lrs:
+        cells = _stacked_order(cells, tensorboard, wandb)
     store = ResultStore(out)
     if dry_run:
         _dry_run(cells, store, estimate_for, launcher, cells_per_gpu, workers)
@@ -217,7 +227,18 @@ def run(
     pool = make_launcher(
         launcher, LaunchOptions(cells_per_gpu=cells_per_gpu, workers=workers, ray_address=ray_address)
     )
+    if stack_lrs:
+        from harness.run.launchers import Stacking
+        from harness.run.stacked import group_stacks
+
+        pool = Stacking(pool, max(len(group) for group in group_stacks(cells)))
     wall_s = _estimated_walls(cells, store, launcher, cells_per_gpu) if deadline is not None else None
+    if stack_lrs and wall_s is not None:
+        # a stack runs as long as its members together at most (each estimate is of a cell alone): an upper bound
+        for group in group_stacks(cells):
+            times = [wall_s.get(cell.id) for cell in group]
+            total = None if None in times else sum(times)
+            wall_s.update({cell.id: total for cell in group})
     if deadline is not None and stop_starting_after is None:
         stop_starting_after = deadline / 2  # cells of unknown time: the old rule of thumb
     progress = iter(range(1, len(cells) + 1))
@@ -293,6 +314,20 @@ def run(
     if problems:
         typer.echo(f"error: {'; '.join(problems)}", err=True)
         raise typer.Exit(1)
+
+
+def _stacked_order(cells, tensorboard: bool, wandb: bool):
+    """The cells with each stack's members side by side (`--stack-lrs`), after checking that they can stack."""
+    from harness.run.stacked import group_stacks, stackable_problem
+
+    if tensorboard or wandb:
+        raise HarnessError(
+            "--stack-lrs does not log to TensorBoard or W&B yet; leave out --tensorboard/--wandb"
+        )
+    for cell in cells:
+        if problem := stackable_problem(cell):
+            raise HarnessError(f"--stack-lrs: {problem}")
+    return [cell for group in group_stacks(cells) for cell in group]
 
 
 def _plan(grid, models, suite, scale, set_, lrs, seeds, params, tolerance, device, force, local):

@@ -167,6 +167,7 @@ def suite_deviations(view: dict) -> dict[str, tuple[object, object]]:
     changed since the cell ran. Run options (device, step capture, evaluation batch) and the lr are left out.
     Where the suite plans several configurations of the task (one per length), the nearest is compared. {} where
     the suite or its scale is unknown (a plugin's, not loaded)."""
+    # here, not at the top: the cell and training modules import torch, which reading a table does not need otherwise
     from harness.config import to_dict
     from harness.registry import SUITES
     from harness.run.cell import Cell

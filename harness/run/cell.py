@@ -122,14 +122,9 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
     try:
         if options.log_dir is not None or options.wandb is not None:
             logger = RunLogger(cell, options.log_dir, options.wandb)
-        # tasks make their data on the CPU: other cells of this process may capture meanwhile (capture_gate.py)
-        with GATE.without_cuda():
-            data = cell_data(cell.task_name, cell.task, cell.seed)
+        data = cell_task_data(cell)
         device = resolve_device(cell.train.device)
-        # torch's global generator: cells of other threads (the streams launcher) must not draw from it meanwhile
-        with _SEEDING:
-            torch.manual_seed(cell.seed)
-            model = LanguageModel(cell.model)
+        model = seeded_model(cell)
         base = base.with_(**_model_columns(model, cell, device))
         outcome = train(
             model,
@@ -142,17 +137,63 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
             checkpointing=options.checkpointing,
             logger=logger,
         )
-        metrics = evaluate(model, data.test, cell.train, device)
-        for piece in data.test:
-            metrics[piece.name].update(task.slice_metrics(cell.task, piece, metrics[piece.name]))
-        trained = _Trained(model, cell, data.test, metrics, outcome, device, options, base)
-        extra = task.extra_rows(cell.task, trained, data.test)
+        metrics, trained, extra = evaluated(cell, task, data, model, outcome, device, options, base)
         if logger is not None:
             logger.finish(final_metrics(metrics, outcome.steps))
             logger = None
-    except torch.cuda.OutOfMemoryError as err:
+    except Exception as err:  # noqa: BLE001 - failures are data (failure_result); the sweep goes on
+        return failure_result(err, base, start)
+    finally:
+        if logger is not None:  # the cell failed before it had final metrics
+            logger.finish(None)
+    return result_rows(trained, extra, data, options, base, start)
+
+
+def cell_task_data(cell: Cell):
+    """The cell's train / valid / test data. Tasks make it on the CPU: other cells of this process may capture a
+    CUDA graph meanwhile (capture_gate.py)."""
+    with GATE.without_cuda():
+        return cell_data(cell.task_name, cell.task, cell.seed)
+
+
+def seeded_model(cell: Cell) -> LanguageModel:
+    """The cell's model, initialised from torch's global generator seeded with the cell's seed."""
+    # torch's global generator: cells of other threads (the streams launcher) must not draw from it meanwhile
+    with _SEEDING:
+        torch.manual_seed(cell.seed)
+        return LanguageModel(cell.model)
+
+
+def evaluated(cell: Cell, task, data, model, outcome: TrainResult, device, options: CellOptions, base: Row):
+    """A trained cell's test metrics per slice (the task's own included), the trained model as tasks see it, and
+    the task's extra rows."""
+    metrics = evaluate(model, data.test, cell.train, device)
+    for piece in data.test:
+        metrics[piece.name].update(task.slice_metrics(cell.task, piece, metrics[piece.name]))
+    trained = _Trained(model, cell, data.test, metrics, outcome, device, options, base)
+    return metrics, trained, task.extra_rows(cell.task, trained, data.test)
+
+
+def result_rows(trained: _Trained, extra, data, options: CellOptions, base: Row, start: float):
+    """(rows, meta) of a trained and evaluated cell: a row per test slice and metric, the task's extra rows, and
+    the training history with what the steps ran as."""
+    outcome, model = trained.outcome, trained.model
+    status = "diverged" if outcome.diverged else "ok"
+    meta = {"history": outcome.history, "train_wall_s": outcome.wall_s, "train_step": outcome.step_path}
+    if options.save_dir is not None:
+        meta["checkpoint"] = str(trained.save(options.save_dir))
+    done = base.with_(steps=outcome.steps, tokens_seen=outcome.tokens_seen, status=status)
+    rows = slice_rows(done, trained.metrics, model, data.test) + [done.with_(**row) for row in extra]
+    wall = round(time.perf_counter() - start, 3)
+    return [row.with_(wall_s=wall).to_dict() for row in rows], meta
+
+
+def failure_result(err: Exception, base: Row, start: float) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What a cell that raised `err` returns: an 'oom' or 'failed' row (a result), or, for a failure of the
+    machine (an OSError: a full disk, a file that cannot be written), `environment_failure` (no rows)."""
+    if isinstance(err, torch.cuda.OutOfMemoryError):
         return [_failure_row(base, "oom", err, start).to_dict()], {}
-    except OSError as err:
+    if isinstance(err, OSError):
         no_space = err.errno in (errno.ENOSPC, errno.EDQUOT)
         message = (
             str(write_error(err, err.filename or "a file of the cell"))
@@ -160,19 +201,7 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
             else f"{type(err).__name__}: {err}"
         )
         return environment_failure(message, no_space)
-    except Exception as err:  # noqa: BLE001 - a failed cell is recorded, the sweep goes on
-        return [_failure_row(base, "failed", err, start).to_dict()], {"traceback": traceback.format_exc()}
-    finally:
-        if logger is not None:  # the cell failed before it had final metrics
-            logger.finish(None)
-    status = "diverged" if outcome.diverged else "ok"
-    meta = {"history": outcome.history, "train_wall_s": outcome.wall_s, "train_step": outcome.step_path}
-    if options.save_dir is not None:
-        meta["checkpoint"] = str(trained.save(options.save_dir))
-    done = base.with_(steps=outcome.steps, tokens_seen=outcome.tokens_seen, status=status)
-    rows = slice_rows(done, metrics, model, data.test) + [done.with_(**row) for row in extra]
-    wall = round(time.perf_counter() - start, 3)
-    return [row.with_(wall_s=wall).to_dict() for row in rows], meta
+    return [_failure_row(base, "failed", err, start).to_dict()], {"traceback": traceback.format_exc()}
 
 
 def setting_id_of(view: dict[str, Any]) -> str:

@@ -255,6 +255,8 @@ def store_measurements(root: Path) -> list[Measurement]:
         steps, wall, train_s = row.get("steps"), row.get("wall_s"), meta.get("train_wall_s")
         if row.get("status") != "ok" or not steps or not wall or not train_s or not row.get("device"):
             continue
+        if meta.get("stacked_with"):  # its time is its stack's (harness/run/stacked.py), not one cell's
+            continue
         history = meta.get("history") or []
         shared_by = meta.get("cells_at_once")
         step_s, valid_s, note = train_s / steps, 0.0, "validation in step_s"

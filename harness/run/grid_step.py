@@ -24,12 +24,14 @@ trainings alone).
 from __future__ import annotations
 
 import copy
+from collections import Counter
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
-from harness.run.step_capture import scored_loss
+from harness.run.capture_gate import GATE
+from harness.run.step_capture import MAX_GRAPHS, WARMUP_STEPS, scored_loss, scored_positions
 
 
 class _ScoredLoss(nn.Module):
@@ -130,22 +132,28 @@ class StackedAdamW:
             p.grad = None
 
     @torch.no_grad()
-    def step(self, factor: Tensor | float) -> None:
+    def step(self, factor: Tensor | float, active: Tensor | None = None) -> None:
+        """One update of every model at lr base_lr * factor; with `active` ((G,) booleans on the device), only of
+        the models marked True: the others keep their parameters (their gradients, perhaps not finite, are read
+        as zeros, so that their moments stay finite too)."""
         beta1, beta2 = self.betas
         self.steps += 1
         correction1 = 1 - torch.pow(beta1, self.steps)
         root_correction2 = torch.sqrt(1 - torch.pow(beta2, self.steps))
         lrs = self.lrs * factor  # (G,)
+        if active is not None:
+            lrs = lrs * active
         for name, p in self.params.items():
             if p.grad is None:
                 continue
             shape = (-1, *[1] * (p.dim() - 1))
             lr = lrs.view(shape)
+            grad = p.grad if active is None else torch.where(active.view(shape), p.grad, 0.0)
             if self.decays[name] and self.weight_decay:
                 p.mul_(1 - lr * self.weight_decay)
             m, v = self.exp_avg[name], self.exp_avg_sq[name]
-            m.lerp_(p.grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
             denom = v.sqrt().div_(root_correction2).add_(self.eps)
             p.sub_(lr / correction1 * m / denom)
 
@@ -158,14 +166,93 @@ def train_step(
     targets: Tensor,
     grad_clip: float,
     factor: Tensor | float,
+    active: Tensor | None = None,
 ) -> Tensor:
-    """One step of all G models on one shared batch; returns their (G,) losses, detached, without a host read (a
-    CUDA graph can record it). A model whose loss is not finite spoils only its own parameters: the models share
-    no parameter, and clipping and AdamW work per model."""
+    """One step of the G models on one shared batch; returns their (G,) losses, detached, without a host read (a
+    CUDA graph can record it). With `active` ((G,) booleans on the device), only those models are updated, and
+    a model whose loss is not finite is marked inactive from then on, before its update (as the one-cell trainer
+    makes no update from a non-finite loss); the models share no parameter, so one model's non-finite loss
+    spoils nothing of the others'."""
     optimizer.zero_grad()
     losses = stacked.losses(inputs, positions, targets)
     losses.sum().backward()
     if grad_clip > 0:
         clip_per_model(stacked.params, grad_clip)
-    optimizer.step(factor)
+    if active is not None:
+        active &= torch.isfinite(losses.detach())
+    optimizer.step(factor, active)
     return losses.detach()
+
+
+class StackedStep:
+    """`train_step` for CPU batches of any shape, eager or replayed from CUDA graphs (one per batch shape, as
+    harness/run/step_capture.py's CapturedStep does for one model: static buffers per shape, WARMUP_STEPS eager
+    steps on a side stream, then a capture; the lr factor and the active mask are device tensors the graphs
+    read). Call it with (inputs, labels) of shape (B, T); it returns the (G,) losses on the device."""
+
+    def __init__(
+        self,
+        stacked: StackedModels,
+        optimizer: StackedAdamW,
+        grad_clip: float,
+        device: torch.device,
+        graphs: bool,
+    ):
+        self.stacked, self.optimizer, self.grad_clip, self.device = stacked, optimizer, grad_clip, device
+        self.graphs = graphs and device.type == "cuda"
+        self.factor = torch.ones((), dtype=torch.float32, device=device)
+        self.active = torch.ones(stacked.size, dtype=torch.bool, device=device)
+        self.shapes: dict[tuple[int, ...], dict] = {}
+        self.steps: Counter[str] = Counter()
+        self.side = torch.cuda.Stream(device) if self.graphs else None
+
+    def __call__(self, inputs: Tensor, labels: Tensor, factor: float) -> Tensor:
+        GATE.checkpoint()  # another cell of this process may be capturing (capture_gate.py)
+        positions, targets = scored_positions(torch.as_tensor(labels))
+        batch = (torch.as_tensor(inputs), positions, targets)
+        self.factor.fill_(factor)
+        if not self.graphs:
+            self.steps["eager"] += 1
+            on_device = [t.to(self.device) for t in batch]
+            return train_step(
+                self.stacked, self.optimizer, *on_device, self.grad_clip, self.factor, self.active
+            )
+        key = (*batch[0].shape, len(positions))
+        shape = self.shapes.get(key)
+        if shape is None:
+            shape = self.shapes[key] = dict(
+                static=[torch.zeros_like(t, device=self.device) for t in batch], eager=0
+            )
+        for static, value in zip(shape["static"], batch, strict=True):
+            static.copy_(value.pin_memory(), non_blocking=True)
+        if "graph" not in shape and shape["eager"] >= WARMUP_STEPS and len(self.shapes) <= MAX_GRAPHS:
+            with GATE.capturing():
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=self.side, capture_error_mode="thread_local"):
+                    shape["losses"] = self._body(shape["static"])
+                shape["graph"] = graph
+        if "graph" in shape:
+            shape["graph"].replay()
+            self.steps["graph"] += 1
+            return shape["losses"].clone()
+        shape["eager"] += 1
+        self.steps["eager (warm-up)"] += 1
+        current = torch.cuda.current_stream(self.device)
+        self.side.wait_stream(current)
+        with torch.cuda.stream(self.side):
+            losses = self._body(shape["static"])
+        current.wait_stream(self.side)
+        return losses
+
+    def describe(self) -> str:
+        """The paths the steps took, e.g. 'stacked cuda-graph: 2990 steps in 5 shapes, eager (warm-up): 10'."""
+        graphs = sum("graph" in shape for shape in self.shapes.values())
+        parts = [f"{path}: {n}" for path, n in sorted(self.steps.items())]
+        return (
+            f"stacked ({self.stacked.size} models) "
+            + (f"cuda-graph: {graphs} shapes, " if graphs else "")
+            + ", ".join(parts)
+        )
+
+    def _body(self, static: list[Tensor]) -> Tensor:
+        return train_step(self.stacked, self.optimizer, *static, self.grad_clip, self.factor, self.active)

@@ -50,6 +50,7 @@ from harness.plugins import load_plugins, loaded_modules
 from harness.registry import LAUNCHERS
 from harness.run.capture_gate import GATE
 from harness.run.cell import Cell, CellOptions, environment_failure, run_cell
+from harness.run.stacked import CellStack, group_stacks, run_stack
 
 Finished = tuple[Cell, list[dict[str, Any]], dict[str, Any]]
 
@@ -88,7 +89,7 @@ class InProcess:
         self._finished: list[Finished] = []
 
     def submit(self, cell: Cell, options: CellOptions) -> None:
-        rows, meta = run_cell(cell, options)
+        rows, meta = run_unit(cell, options)
         self._finished.append((cell, rows, (meta | {"cells_at_once": 1}) if rows else meta))
 
     def wait(self, timeout: float) -> list[Finished]:
@@ -276,7 +277,7 @@ def _pool_worker(index, device, threads, inbox, results, parent_pid, plugins) ->
     torch.set_num_threads(threads)
     while (job := inbox.get()) is not None:
         cell, options = job
-        rows, meta = run_cell(cell, options)
+        rows, meta = run_unit(cell, options)
         if device is not None and torch.cuda.is_initialized():
             # the caching allocator would keep this cell's peak (and its graphs' pools) for this process: the
             # other cells on the GPU, and this worker's next one, need it
@@ -388,13 +389,13 @@ def _cell_on_own_stream(key: int, cell: Cell, options: CellOptions, results: que
     stands still at its next checkpoint (harness/run/capture_gate.py)."""
     try:
         with GATE.registered(cell.label):
-            if torch.cuda.is_available() and str(cell.train.device) != "cpu":
+            if torch.cuda.is_available() and str(_device_of(cell)) != "cpu":
                 stream = torch.cuda.Stream()
                 with torch.cuda.stream(stream):
-                    rows, meta = run_cell(cell, options)
+                    rows, meta = run_unit(cell, options)
                 stream.synchronize()
             else:
-                rows, meta = run_cell(cell, options)
+                rows, meta = run_unit(cell, options)
     except BaseException as err:  # noqa: BLE001 - run_cell records the cell's own failures; this is the thread's
         rows, meta = environment_failure(f"the cell's thread failed: {type(err).__name__}: {err}")
     results.put((key, rows, meta))
@@ -459,9 +460,84 @@ class Ray:
 def _ray_run_cell(cell: Cell, options: CellOptions, plugins: list[str]):
     os.environ["TQDM_DISABLE"] = "1"
     load_plugins(plugins)
-    return run_cell(cell, options)
+    return run_unit(cell, options)
 
 
 def make_launcher(name: str, options: LaunchOptions | None = None) -> Launcher:
     """The launcher a name on the command line stands for (unknown name: a one-line error)."""
     return LAUNCHERS.get(name)(options)
+
+
+def run_unit(
+    unit: Cell | CellStack, options: CellOptions | None
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """What a launcher runs: `run_cell` for a cell; for a stack of cells (`harness run --stack-lrs`), `run_stack`
+    with every member's rows in one list (each row names its cell: run_id) and the members' metadata, in order,
+    under 'stack' (`Stacking` hands each cell its own)."""
+    if isinstance(unit, CellStack):
+        results = run_stack(unit)
+        return [row for rows, _ in results for row in rows], {"stack": [meta for _, meta in results]}
+    return run_cell(unit, options)
+
+
+def _device_of(unit: Cell | CellStack) -> str:
+    return (unit.cells[0] if isinstance(unit, CellStack) else unit).train.device
+
+
+class Stacking:
+    """Any launcher, with the cells that differ only in their lr run as one stacked model (harness/run/stacked.py).
+
+    The sweep submits cells one at a time; this holds them until it is asked for results (the sweep asks once it
+    has submitted all it can), groups those of one stack key into a CellStack, and submits each group to the
+    launcher underneath as one unit; a finished stack is handed back as one finished cell per member. Its slots
+    are the launcher's times the largest stack, so that a stack's members can all be submitted at once; cells
+    whose siblings were not submitted with them (finished before, held by another sweep) run as a smaller stack."""
+
+    def __init__(self, inner: Launcher, stack_size: int):
+        self.inner, self.stack_size = inner, max(1, stack_size)
+        self.slots = inner.slots * self.stack_size
+        self._held: list[tuple[Cell, CellOptions]] = []
+        self._running = 0
+
+    def submit(self, cell: Cell, options: CellOptions) -> None:
+        self._held.append((cell, options))
+
+    def wait(self, timeout: float) -> list[Finished]:
+        self._release()
+        finished = []
+        for unit, rows, meta in self.inner.wait(timeout):
+            self._running -= 1
+            finished += self._split(unit, rows, meta) if isinstance(unit, CellStack) else [(unit, rows, meta)]
+        self._release()
+        return finished
+
+    def close(self) -> None:
+        self._held.clear()
+        self.inner.close()
+
+    def _release(self) -> None:
+        """Submit the held cells, stacked, as far as the launcher underneath has room; keep the rest."""
+        options = {cell.id: opts for cell, opts in self._held}
+        kept: list[Cell] = []
+        for group in group_stacks([cell for cell, _ in self._held]):
+            if self._running >= self.inner.slots:
+                kept += group
+            elif len(group) == 1:
+                self.inner.submit(group[0], options[group[0].id])
+                self._running += 1
+            else:
+                self.inner.submit(CellStack(tuple(group), tuple(options[c.id] for c in group)), None)
+                self._running += 1
+        self._held = [(cell, options[cell.id]) for cell in kept]
+
+    @staticmethod
+    def _split(stack: CellStack, rows: list[dict[str, Any]], meta: dict[str, Any]) -> list[Finished]:
+        shared = {k: v for k, v in meta.items() if k != "stack"}
+        members = meta.get("stack")
+        if members is None:  # the unit did not run to its end (its worker died): no member's result
+            return [(cell, [], dict(meta)) for cell in stack.cells]
+        finished = []
+        for cell, member in zip(stack.cells, members, strict=True):
+            own = [row for row in rows if row.get("run_id") == cell.id]
+            finished.append((cell, own, (member | shared) if own else member))
+        return finished

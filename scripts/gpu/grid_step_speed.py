@@ -30,8 +30,8 @@ os.environ.setdefault("HARNESS_CACHE", "off")
 import torch  # noqa: E402
 
 import models  # noqa: E402, F401 - registers the mixers
-from harness.run.grid_step import StackedAdamW, StackedModels, train_step  # noqa: E402
-from harness.run.step_capture import CapturedStep, scored_positions  # noqa: E402
+from harness.run.grid_step import StackedAdamW, StackedModels, StackedStep  # noqa: E402
+from harness.run.step_capture import CapturedStep  # noqa: E402
 from harness.run.train import TrainConfig, eager_step, make_optimizer  # noqa: E402
 from models.backbone import LanguageModel  # noqa: E402
 from models.presets import build_model_config  # noqa: E402
@@ -92,46 +92,13 @@ def cell_step(case: Case, mode: str, device: torch.device, amp):
     return lambda inputs, labels: eager_step(model, optimizer, config, inputs, labels, None, amp, device)
 
 
-class StackedStep:
-    """G stacked models' step on static device buffers, eager or replayed from one CUDA graph (captured after
-    three eager steps on a side stream, as CapturedStep does)."""
-
-    def __init__(self, case: Case, size: int, mode: str, device: torch.device, amp):
-        self.stacked = StackedModels([build(case, seed).to(device) for seed in range(size)], amp)
-        self.optimizer = StackedAdamW(self.stacked, [1e-3 * 2**i for i in range(size)], (0.9, 0.95), 0.1)
-        self.factor = torch.ones((), device=device)
-        self.mode, self.device, self.graph, self.eager_steps = mode, device, None, 0
-        inputs, labels = batches(case, 1)[0]
-        positions, targets = scored_positions(labels)
-        self.static = [t.to(device) for t in (inputs, positions, targets)]
-
-    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        positions, targets = scored_positions(labels)
-        for static, value in zip(self.static, (inputs, positions, targets), strict=True):
-            static.copy_(value.pin_memory() if self.device.type == "cuda" else value, non_blocking=True)
-        if self.graph is not None:
-            self.graph.replay()
-            return self.losses.clone()
-        if self.mode == "graph" and self.eager_steps >= 3:
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph, stream=side):
-                self.losses = self._body()
-            self.graph.replay()
-            return self.losses.clone()
-        self.eager_steps += 1
-        if self.mode == "graph":  # warm-up on a side stream, as a backward that is to be captured wants
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                losses = self._body()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            return losses
-        return self._body()
-
-    def _body(self) -> torch.Tensor:
-        return train_step(self.stacked, self.optimizer, *self.static, grad_clip=1.0, factor=self.factor)
+def stacked_step(case: Case, size: int, mode: str, device: torch.device, amp):
+    """G stacked models' step as `harness run --stack-lrs` trains them (grid_step.StackedStep): a function of a
+    CPU batch."""
+    stacked = StackedModels([build(case, 0).to(device) for _ in range(size)], amp)
+    optimizer = StackedAdamW(stacked, [1e-3 * 2**i for i in range(size)], (0.9, 0.95), 0.1)
+    step = StackedStep(stacked, optimizer, 1.0, device, graphs=mode == "graph")
+    return lambda inputs, labels: step(inputs, labels, 1.0)
 
 
 def time_steps(step, data, warmup: int, steps: int, device: torch.device) -> float:
@@ -187,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
                 step = (
                     cell_step(case, mode, device, amp)
                     if kind == "cell"
-                    else StackedStep(case, size, mode, device, amp)
+                    else stacked_step(case, size, mode, device, amp)
                 )
                 seconds = time_steps(step, data, args.warmup, args.steps, device)
                 row: dict[str, Any] = dict(

@@ -80,6 +80,11 @@ def test_report_reads_the_store(finished_run):
         ),
         (["run", "--models", "kda", "--suite", "smoke", "--scale", "huge"], "has no scale 'huge'"),
         (["report", "--out", "nowhere"], "no results store"),
+        (
+            ["run", "--models", "kda", "--suite", "smoke", "--stack-lrs", "--tensorboard"],
+            "--stack-lrs does not log",
+        ),
+        (["run", "--models", "kda", "--suite", "lm", "--stack-lrs"], "packed document stream"),
     ],
 )
 def test_bad_input_is_one_line_exit_2_and_writes_nothing(tmp_path, args, message):
