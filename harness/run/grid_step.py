@@ -30,8 +30,9 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 
+from harness.errors import warn
 from harness.run.capture_gate import GATE
-from harness.run.step_capture import MAX_GRAPHS, WARMUP_STEPS, scored_loss, scored_positions
+from harness.run.step_capture import MAX_GRAPHS, WARMUP_STEPS, scored_loss, scored_positions, stop_recording
 
 
 class _ScoredLoss(nn.Module):
@@ -205,6 +206,8 @@ class StackedStep:
         self.shapes: dict[tuple[int, ...], dict] = {}
         self.steps: Counter[str] = Counter()
         self.side = torch.cuda.Stream(device) if self.graphs else None
+        # one memory pool for all shapes' graphs: they never run at the same time (as CapturedStep's)
+        self.pool = torch.cuda.graph_pool_handle() if self.graphs else None
 
     def __call__(self, inputs: Tensor, labels: Tensor, factor: float) -> Tensor:
         GATE.checkpoint()  # another cell of this process may be capturing (capture_gate.py)
@@ -225,18 +228,17 @@ class StackedStep:
             )
         for static, value in zip(shape["static"], batch, strict=True):
             static.copy_(value.pin_memory(), non_blocking=True)
-        if "graph" not in shape and shape["eager"] >= WARMUP_STEPS and len(self.shapes) <= MAX_GRAPHS:
-            with GATE.capturing():
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, stream=self.side, capture_error_mode="thread_local"):
-                    shape["losses"] = self._body(shape["static"])
-                shape["graph"] = graph
+        if "graph" not in shape and "eager_reason" not in shape and shape["eager"] >= WARMUP_STEPS:
+            if len(self.shapes) > MAX_GRAPHS:
+                shape["eager_reason"] = f"beyond {MAX_GRAPHS} captured batch shapes"
+            else:
+                self._capture(shape)
         if "graph" in shape:
             shape["graph"].replay()
             self.steps["graph"] += 1
             return shape["losses"].clone()
         shape["eager"] += 1
-        self.steps["eager (warm-up)"] += 1
+        self.steps[f"eager ({shape.get('eager_reason', 'warm-up')})"] += 1
         current = torch.cuda.current_stream(self.device)
         self.side.wait_stream(current)
         with torch.cuda.stream(self.side):
@@ -245,7 +247,7 @@ class StackedStep:
         return losses
 
     def describe(self) -> str:
-        """The paths the steps took, e.g. 'stacked cuda-graph: 2990 steps in 5 shapes, eager (warm-up): 10'."""
+        """The paths the steps took, e.g. 'stacked (3 models) cuda-graph: 5 shapes, eager (warm-up): 10, graph: 2990'."""
         graphs = sum("graph" in shape for shape in self.shapes.values())
         parts = [f"{path}: {n}" for path, n in sorted(self.steps.items())]
         return (
@@ -253,6 +255,28 @@ class StackedStep:
             + (f"cuda-graph: {graphs} shapes, " if graphs else "")
             + ", ".join(parts)
         )
+
+    def _capture(self, shape: dict) -> None:
+        """Record the shape's step as a graph; if that fails (as CapturedStep: the shape trains eagerly, said once)."""
+        current = torch.cuda.current_stream(self.device)
+        try:
+            with GATE.capturing():
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(
+                    graph, pool=self.pool, stream=self.side, capture_error_mode="thread_local"
+                ):
+                    shape["losses"] = self._body(shape["static"])
+                shape["graph"] = graph
+                torch.cuda.empty_cache()  # the warm-up steps' activations, beside the graphs' pool
+        except torch.cuda.OutOfMemoryError:
+            raise  # the cells' result is 'oom', as eagerly
+        except Exception as err:  # noqa: BLE001 - a shape that cannot be captured trains eagerly
+            torch.cuda.set_stream(current)
+            stop_recording(self.pool)
+            shape["eager_reason"] = f"capture failed: {type(err).__name__}"
+            warn(
+                f"a stacked training step could not be captured ({type(err).__name__}: {err}); it runs eagerly"
+            )
 
     def _body(self, static: list[Tensor]) -> Tensor:
         return train_step(self.stacked, self.optimizer, *static, self.grad_clip, self.factor, self.active)

@@ -238,7 +238,7 @@ class CapturedStep:
         except BaseException:
             # a capture_end that raises skips torch.cuda.graph's restoring of this thread's stream
             torch.cuda.set_stream(current)
-            _stop_recording(self.pool)
+            stop_recording(self.pool)
             raise
         finally:
             for group, lr in zip(self.optimizer.param_groups, floats, strict=True):
@@ -246,7 +246,7 @@ class CapturedStep:
         return graph, loss
 
 
-def _stop_recording(pool: tuple[int, int]) -> None:
+def stop_recording(pool: tuple[int, int]) -> None:
     """End the caching allocator's recording into `pool` after a failed capture. torch 2.11 raises out of
     capture_end before it tells the allocator that the capture is over, and CUDAGraph's reset does not tell it
     either, so the pool stays 'recording': the next capture into it fails ('beginAllocateToPool: already recording
