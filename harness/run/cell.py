@@ -125,7 +125,7 @@ def run_cell(cell: Cell, options: CellOptions | None = None) -> tuple[list[dict[
         data = cell_task_data(cell)
         device = resolve_device(cell.train.device)
         model = seeded_model(cell)
-        base = base.with_(**_model_columns(model, cell, device))
+        base = base.with_(**model_columns(model, cell, device))
         outcome = train(
             model,
             data.train,
@@ -331,7 +331,7 @@ class _Trained:
         return [{key: row[key] for key in kept} | {"wall_s": row["wall_s"]} for row in rows]
 
 
-def _model_columns(model: LanguageModel, cell: Cell, device: torch.device) -> dict[str, Any]:
+def model_columns(model: LanguageModel, cell: Cell, device: torch.device) -> dict[str, Any]:
     amp = autocast_dtype(cell.train.dtype, device)
     return dict(
         params=model.num_params(),

@@ -28,11 +28,11 @@ from harness.registry import TASKS
 from harness.run.cell import (
     Cell,
     CellOptions,
-    _model_columns,
     cell_row,
     cell_task_data,
     evaluated,
     failure_result,
+    model_columns,
     result_rows,
     run_cell,
     seeded_model,
@@ -60,8 +60,9 @@ class CellStack:
 
     @property
     def label(self) -> str:
-        lrs = ", ".join(f"{cell.train.lr:g}" for cell in self.cells)
-        return f"{self.cells[0].label.rsplit(' · lr=', 1)[0]} · lr={lrs} (stacked)"
+        """'kda@tiny · mqar · lr=0.001,0.003 · seed=0 (stacked)', as Cell.label names one cell."""
+        first, lrs = self.cells[0], ",".join(f"{cell.train.lr:g}" for cell in self.cells)
+        return f"{first.model_name}@{first.size} · {first.task_name} · lr={lrs} · seed={first.seed} (stacked)"
 
     @property
     def id(self) -> str:
@@ -102,7 +103,7 @@ def run_stack(stack: CellStack) -> list[Result]:
         device = resolve_device(cells[0].train.device)
         models = [seeded_model(cell) for cell in cells]
         bases = [
-            base.with_(**_model_columns(models[0], cell, device))
+            base.with_(**model_columns(models[0], cell, device))
             for base, cell in zip(bases, cells, strict=True)
         ]
         outcomes, trained_models = train_stacked(models, data.train, data.valid, cells, device)

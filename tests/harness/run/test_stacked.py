@@ -110,3 +110,10 @@ def test_a_cell_whose_siblings_are_not_submitted_runs_alone():
     stacking.submit(cells[0], CellOptions())
     stacking.wait(0)
     assert inner.submitted == [cells[0]]
+
+
+def test_a_stack_is_named_as_its_cells_are():
+    cells = small_cells(lrs=(1e-3, 3e-3))
+    stack = CellStack(tuple(cells), (CellOptions(), CellOptions()))
+    assert stack.label == "mla@tiny · mqar · lr=0.001,0.003 · seed=0 (stacked)"
+    assert stack.id == f"{cells[0].id}+{cells[1].id}"
