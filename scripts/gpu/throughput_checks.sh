@@ -11,14 +11,14 @@ out=${OUT:-/tmp/out}
 export PYTHONPATH=$PWD HARNESS_CACHE=off PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1
 mkdir -p "$out"
 start=$SECONDS
-timeout "${TEST_TIMEOUT:-150}" python3 -m pytest -q -m gpu -x \
+timeout "${TEST_TIMEOUT:-200}" python3 -m pytest -q -m gpu -x \
     tests/harness/run/test_stacked_gpu.py tests/harness/run/test_step_capture_gpu.py \
     tests/kernels/test_gated_delta_rule_gpu.py -k "vmap or stacked or capture or streams" \
     > "$out/gpu-tests.txt" 2>&1
 echo "gpu tests: exit $? after $((SECONDS - start)) s"; tail -n 5 "$out/gpu-tests.txt"
-timeout "${GRID_TIMEOUT:-200}" python3 scripts/gpu/grid_step_speed.py --out "$out/grid" \
-    --budget-s "$(( ${GRID_TIMEOUT:-200} - 40 ))" 2>&1 | tail -n 30
+timeout "${GRID_TIMEOUT:-180}" python3 scripts/gpu/grid_step_speed.py --out "$out/grid" \
+    --budget-s "$(( ${GRID_TIMEOUT:-180} - 40 ))" 2>&1 | tail -n 30
 echo "grid step speed: $((SECONDS - start)) s"
-timeout "${TUNE_TIMEOUT:-170}" python3 scripts/gpu/tune_launch.py --out "$out/tune" \
-    --budget-s "$(( ${TUNE_TIMEOUT:-170} - 30 ))" 2>&1 | tail -n 30
+timeout "${TUNE_TIMEOUT:-150}" python3 scripts/gpu/tune_launch.py --out "$out/tune" \
+    --budget-s "$(( ${TUNE_TIMEOUT:-150} - 30 ))" 2>&1 | tail -n 30
 echo "launch settings: $((SECONDS - start)) s"
