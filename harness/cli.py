@@ -234,11 +234,7 @@ def run(
         pool = Stacking(pool, max(len(group) for group in group_stacks(cells)))
     wall_s = _estimated_walls(cells, store, launcher, cells_per_gpu) if deadline is not None else None
     if stack_lrs and wall_s is not None:
-        # a stack runs as long as its members together at most (each estimate is of a cell alone): an upper bound
-        for group in group_stacks(cells):
-            times = [wall_s.get(cell.id) for cell in group]
-            total = None if None in times else sum(times)
-            wall_s.update({cell.id: total for cell in group})
+        wall_s = _stacked_walls(cells, wall_s)
     if deadline is not None and stop_starting_after is None:
         stop_starting_after = deadline / 2  # cells of unknown time: the old rule of thumb
     progress = iter(range(1, len(cells) + 1))
@@ -328,6 +324,19 @@ def _stacked_order(cells, tensorboard: bool, wandb: bool):
         if problem := stackable_problem(cell):
             raise HarnessError(f"--stack-lrs: {problem}")
     return [cell for group in group_stacks(cells) for cell in group]
+
+
+def _stacked_walls(cells, wall_s: dict[str, float | None]) -> dict[str, float | None]:
+    """`--deadline`'s estimates under `--stack-lrs`: each member gets its stack's, as long as its members one
+    after another (each estimate is of a cell alone): an upper bound."""
+    from harness.run.stacked import group_stacks
+
+    stacked = dict(wall_s)
+    for group in group_stacks(cells):
+        times = [wall_s.get(cell.id) for cell in group]
+        total = None if None in times else sum(times)
+        stacked.update({cell.id: total for cell in group})
+    return stacked
 
 
 def _plan(grid, models, suite, scale, set_, lrs, seeds, params, tolerance, device, force, local):

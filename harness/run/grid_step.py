@@ -16,9 +16,9 @@ What stays per model, so that each trains as it would alone:
 - its initialisation: each model is built and seeded as its cell builds it, then stacked.
 All G see the same batches, so a grid stacked this way must share its data (an lr grid of one seed does).
 
-Measured before it is wired into sweeps: `scripts/gpu/grid_step_speed.py` times G stacked models against one
-cell's step on a GPU (tests/harness/run/test_grid_step.py checks on the CPU that stacked training is the G
-trainings alone).
+`harness run --stack-lrs` trains a sweep's lr grids this way (harness/run/stacked.py);
+tests/harness/run/test_grid_step.py checks on the CPU that stacked training is the G trainings alone, and
+`scripts/gpu/grid_step_speed.py` times G stacked models against one cell's step on a GPU (not yet run there).
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from torch.func import functional_call, stack_module_state
 from harness.errors import warn
 from harness.run.capture_gate import GATE
 from harness.run.step_capture import MAX_GRAPHS, WARMUP_STEPS, scored_loss, scored_positions, stop_recording
+from harness.run.train import decay_groups
 
 
 class _ScoredLoss(nn.Module):
@@ -60,14 +61,8 @@ class StackedModels:
         self.params, self.buffers = stack_module_state(models)
         # the stacked tensors stand in for every parameter and buffer: the template holds none of its own
         self._template = _ScoredLoss(copy.deepcopy(models[0]).to("meta"), amp)
-        first = models[0]
-        embeddings = {id(m.weight) for m in first.modules() if isinstance(m, nn.Embedding)}
-        # the same two groups as harness.run.train.make_optimizer: matrices decay; vectors, embeddings and
-        # parameters flagged _no_weight_decay do not
-        self.decays = {
-            name: p.dim() >= 2 and not getattr(p, "_no_weight_decay", False) and id(p) not in embeddings
-            for name, p in first.named_parameters()
-        }
+        # decayed as harness.run.train.make_optimizer decays them
+        self.decayed = {name for name, _ in decay_groups(models[0])[0]}
 
     def losses(self, inputs: Tensor, positions: Tensor, targets: Tensor) -> Tensor:
         """(G,) training losses of the G models on one shared batch (inputs (B, T); positions, targets as
@@ -119,7 +114,7 @@ class StackedAdamW:
         if len(lrs) != stacked.size:
             raise ValueError(f"one lr per stacked model: {stacked.size} models, {len(lrs)} lrs")
         first = next(iter(stacked.params.values()))
-        self.params, self.decays = stacked.params, stacked.decays
+        self.params, self.decayed = stacked.params, stacked.decayed
         self.lrs = torch.tensor(lrs, dtype=torch.float32, device=first.device)
         self.betas, self.weight_decay, self.eps = betas, weight_decay, eps
         self.steps = torch.zeros((), dtype=torch.float32, device=first.device)
@@ -150,7 +145,7 @@ class StackedAdamW:
             shape = (-1, *[1] * (p.dim() - 1))
             lr = lrs.view(shape)
             grad = p.grad if active is None else torch.where(active.view(shape), p.grad, 0.0)
-            if self.decays[name] and self.weight_decay:
+            if name in self.decayed and self.weight_decay:
                 p.mul_(1 - lr * self.weight_decay)
             m, v = self.exp_avg[name], self.exp_avg_sq[name]
             m.lerp_(grad, 1 - beta1)

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from harness.registry import TASKS
@@ -34,13 +33,20 @@ from harness.run.cell import (
     failure_result,
     model_columns,
     result_rows,
-    run_cell,
     seeded_model,
 )
-from harness.run.device import autocast_dtype, peak_memory_gib, resolve_device
+from harness.run.device import autocast_dtype, resolve_device
 from harness.run.evaluate import evaluate
 from harness.run.grid_step import StackedAdamW, StackedModels, StackedStep
-from harness.run.train import READ_EVERY, TrainResult, batch_stream, lr_factor, reached, uses_graphs
+from harness.run.train import (
+    READ_EVERY,
+    TrainResult,
+    batch_stream,
+    history_point,
+    lr_factor,
+    reached,
+    uses_graphs,
+)
 from tasks.base import Task
 
 Result = tuple[list[dict[str, Any]], dict[str, Any]]
@@ -91,8 +97,6 @@ def run_stack(stack: CellStack) -> list[Result]:
     `run_cell` gives them. A failure in training is every member's (the same 'failed' or 'oom' row each); a failure
     while evaluating one member is that member's alone."""
     cells = stack.cells
-    if len(cells) == 1:
-        return [run_cell(cells[0], stack.options[0])]
     if len({stack_key(cell) for cell in cells}) != 1:
         raise ValueError("a stack's cells must differ in their lr alone")
     start = time.perf_counter()
@@ -184,17 +188,12 @@ def train_stacked(
                     continue
                 stacked.load_into(scratch, i)
                 metrics = evaluate(scratch, valid_slices, cell.train, device)
+                # tokens_per_s: the stack's rate, all members together (each member's share of the GPU is 1/G)
+                lr = cell.train.lr * lr_factor(step, cell.train)
+                train_loss = loss_sums[i] / max(1, loss_counts[i])
                 result.history.append(
-                    dict(
-                        step=step,
-                        tokens=result.tokens_seen,
-                        train_loss=loss_sums[i] / max(1, loss_counts[i]),
-                        valid_loss=float(np.nanmean([m["loss"] for m in metrics.values()])),
-                        valid_accuracy=float(np.nanmean([m["accuracy"] for m in metrics.values()])),
-                        current_lr=cell.train.lr * lr_factor(step, cell.train),
-                        # the stack's rate, all members together: each member's share of the GPU is 1/G of it
-                        tokens_per_s=tokens_per_s * len(cells),
-                        peak_memory_gib=peak_memory_gib(device),
+                    history_point(
+                        step, result.tokens_seen, train_loss, metrics, lr, tokens_per_s * len(cells), device
                     )
                 )
                 loss_sums[i], loss_counts[i] = 0.0, 0

@@ -231,16 +231,9 @@ def train(
         if evaluating:
             tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
             metrics = evaluate(model, valid_slices, config, device)
-            point = dict(
-                step=step,
-                tokens=result.tokens_seen,
-                train_loss=result.loss_sum / result.loss_count,
-                valid_loss=float(np.nanmean([m["loss"] for m in metrics.values()])),
-                valid_accuracy=float(np.nanmean([m["accuracy"] for m in metrics.values()])),
-                current_lr=schedule.get_last_lr()[0],
-                tokens_per_s=tokens_per_s,
-                peak_memory_gib=peak_memory_gib(device),
-            )
+            train_loss = result.loss_sum / result.loss_count
+            point = history_point(step, result.tokens_seen, train_loss, metrics, schedule.get_last_lr()[0],
+                                  tokens_per_s, device)  # fmt: skip
             result.history.append(point)
             result.loss_sum, result.loss_count = 0.0, 0
             if logger is not None:
@@ -259,6 +252,29 @@ def train(
     result.step_path = "eager" if captured is None else captured.describe()
     result.wall_s += time.perf_counter() - start
     return result
+
+
+def history_point(
+    step: int,
+    tokens: int,
+    train_loss: float,
+    metrics: dict,
+    lr: float,
+    tokens_per_s: float,
+    device: torch.device,
+) -> dict[str, Any]:
+    """One point of a training history (TrainResult.history; the cost model and the reports read these fields):
+    validation loss and accuracy are the means over the validation slices' `metrics`."""
+    return dict(
+        step=step,
+        tokens=tokens,
+        train_loss=train_loss,
+        valid_loss=float(np.nanmean([m["loss"] for m in metrics.values()])),
+        valid_accuracy=float(np.nanmean([m["accuracy"] for m in metrics.values()])),
+        current_lr=lr,
+        tokens_per_s=tokens_per_s,
+        peak_memory_gib=peak_memory_gib(device),
+    )
 
 
 def reached(metrics: dict[str, dict[str, float]], config: TrainConfig) -> bool:
@@ -463,17 +479,24 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return tensors, header
 
 
-def make_optimizer(model: nn.Module, config: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
-    """AdamW over the model's parameters in two groups (decayed, not decayed). `capturable`: the fused CUDA
-    implementation, which a CUDA graph can record (CapturedStep); otherwise PyTorch's default for the device."""
+def decay_groups(model: nn.Module) -> tuple[list[tuple[str, nn.Parameter]], list[tuple[str, nn.Parameter]]]:
+    """The model's named parameters as (decayed, not decayed): matrices decay; vectors (norm weights, biases),
+    embeddings and flagged gate parameters do not. In AdamW's group order (embeddings last among the not
+    decayed), which a checkpoint's optimizer state follows."""
     decay, no_decay = [], []
-    for param in model.parameters():
-        # Matrices decay; vectors (norm weights, biases), embeddings and flagged gate parameters do not.
+    for name, param in model.named_parameters():
         flagged = getattr(param, "_no_weight_decay", False)
-        (decay if param.dim() >= 2 and not flagged else no_decay).append(param)
+        (decay if param.dim() >= 2 and not flagged else no_decay).append((name, param))
     embeddings = {id(m.weight) for m in model.modules() if isinstance(m, nn.Embedding)}
-    no_decay += [p for p in decay if id(p) in embeddings]
-    decay = [p for p in decay if id(p) not in embeddings]
+    no_decay += [(name, p) for name, p in decay if id(p) in embeddings]
+    decay = [(name, p) for name, p in decay if id(p) not in embeddings]
+    return decay, no_decay
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, capturable: bool = False) -> torch.optim.AdamW:
+    """AdamW over the model's parameters in two groups (`decay_groups`). `capturable`: the fused CUDA
+    implementation, which a CUDA graph can record (CapturedStep); otherwise PyTorch's default for the device."""
+    decay, no_decay = ([p for _, p in group] for group in decay_groups(model))
     groups = [dict(params=decay, weight_decay=config.weight_decay), dict(params=no_decay, weight_decay=0.0)]
     if capturable:
         return torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, fused=True, capturable=True)
