@@ -29,6 +29,7 @@ from collections import Counter
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness.errors import warn
 from harness.run.capture_gate import GATE
@@ -74,7 +75,11 @@ class StackedModels:
             }
             return functional_call(self._template, named, (inputs, positions, targets))
 
-        return torch.vmap(one, randomness="error")(self.params, self.buffers)
+        # Attention under vmap takes the math path: on an H200 (torch 2.11) vmapped SDPA picked cuDNN's kernel,
+        # whose gradients came back NaN, and the memory-efficient kernel refused the batched layout ('LSE is not
+        # correctly aligned'); math matched a model trained alone (scripts/gpu/probe_stacked_mla.py).
+        with sdpa_kernel([SDPBackend.MATH]):
+            return torch.vmap(one, randomness="error")(self.params, self.buffers)
 
     def load_into(self, model: nn.Module, index: int) -> nn.Module:
         """Copy model `index`'s parameters and buffers into `model` (same architecture), e.g. to evaluate it."""
@@ -268,6 +273,9 @@ class StackedStep:
         except Exception as err:  # noqa: BLE001 - a shape that cannot be captured trains eagerly
             torch.cuda.set_stream(current)
             stop_recording(self.pool)
+            self.pool = (
+                torch.cuda.graph_pool_handle()
+            )  # later shapes capture into a fresh pool (CapturedStep's why)
             shape["eager_reason"] = f"capture failed: {type(err).__name__}"
             warn(
                 f"a stacked training step could not be captured ({type(err).__name__}: {err}); it runs eagerly"

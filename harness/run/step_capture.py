@@ -216,6 +216,11 @@ class CapturedStep:
             raise  # the cell's result is 'oom', as eagerly
         except Exception as err:  # noqa: BLE001 - any failure to capture leaves this shape eager
             shape.eager_reason = f"capture failed: {type(err).__name__}"
+            # Later shapes capture into a pool of their own: on the image's torch 2.11 the failed capture can leave
+            # its pool marked as recording however it is told to stop (stop_recording), and every later capture
+            # into it then fails ('beginAllocateToPool: already recording to mempool_id'). The graphs captured
+            # before keep the old pool alive for as long as they are used.
+            self.pool = torch.cuda.graph_pool_handle()
             warn(
                 f"the training step for batches of shape {tuple(shape.inputs.shape)} could not be captured as a "
                 f"CUDA graph ({type(err).__name__}: {err}); those batches train eagerly"
