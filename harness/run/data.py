@@ -8,6 +8,7 @@ data is generated anew; bump a task's version when its generator changes. Set HA
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import tempfile
@@ -58,7 +59,7 @@ def task_data(task_name: str, config: Any, split: str, seed: int) -> list[Slice]
     """The slices of one split, from the cache when present, else generated and stored."""
     task = TASKS.get(task_name)()
     root = cache_root()
-    if root is None or not task.cache_slices:
+    if root is None or not task.cache_slices or not _can_cache():
         return task.generate(config, split, seed)
     key = config_hash(
         dict(task=task_name, version=task.version, config=to_dict(config), split=split, seed=seed)
@@ -69,6 +70,13 @@ def task_data(task_name: str, config: Any, split: str, seed: int) -> list[Slice]
     slices = task.generate(config, split, seed)
     _save(slices, path)
     return slices
+
+
+def _can_cache() -> bool:
+    """Whether the cache's format (a `datasets.Dataset` on disk) can be written here. Without the `datasets`
+    package (a GPU image that carries only torch, say) the data is generated in memory, as with HARNESS_CACHE=off:
+    the cache saves time, it changes no result."""
+    return importlib.util.find_spec("datasets") is not None
 
 
 def _save(slices: list[Slice], path: Path) -> None:

@@ -27,7 +27,8 @@ def test_stacked_cells_on_cuda_store_what_each_stores_alone(tmp_path, model):
     run_cells(cells, together, launcher=Stacking(InProcess(), 3))
     for cell in cells:
         want, got = alone.rows(cell.id), together.rows(cell.id)
-        assert got[0]["status"] == want[0]["status"] == "ok"
+        assert want[0]["status"] == "ok", (want[0].get("error"), alone.read_meta(cell.id).get("traceback"))
+        assert got[0]["status"] == "ok", (got[0].get("error"), together.read_meta(cell.id).get("traceback"))
         meta = together.read_meta(cell.id)
         assert meta["stacked_with"] == 3 and "cuda-graph" in meta["train_step"], meta["train_step"]
         accuracy = {r["slice"]: r["value"] for r in want if r["metric"] == "accuracy"}

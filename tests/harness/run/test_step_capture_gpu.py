@@ -159,6 +159,8 @@ def test_cells_of_the_streams_launcher_capture_their_steps(tmp_path):
     outcome = run_cells(cells, store, launcher=make_launcher("streams", LaunchOptions(cells_per_gpu=4)))
     assert outcome.ran == len(cells)
     for cell in cells:
-        path = store.read_meta(cell.id)["train_step"]
+        row, meta = store.rows(cell.id)[0], store.read_meta(cell.id)
+        assert row["status"] == "ok", (row.get("error"), meta.get("traceback"))
+        path = meta["train_step"]
         captured = re.match(r"cuda-graph: \d+ steps in (\d+) shapes", path)
         assert captured and int(captured.group(1)) >= 1 and "capture failed" not in path, path
