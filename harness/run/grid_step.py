@@ -33,7 +33,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from harness.errors import warn
 from harness.run.capture_gate import GATE
-from harness.run.step_capture import MAX_GRAPHS, WARMUP_STEPS, scored_loss, scored_positions, stop_recording
+from harness.run.step_capture import MAX_GRAPHS, WARMUP_STEPS, abandon_pool, scored_loss, scored_positions
 from harness.run.train import decay_groups
 
 
@@ -272,10 +272,7 @@ class StackedStep:
             raise  # the cells' result is 'oom', as eagerly
         except Exception as err:  # noqa: BLE001 - a shape that cannot be captured trains eagerly
             torch.cuda.set_stream(current)
-            stop_recording(self.pool)
-            self.pool = (
-                torch.cuda.graph_pool_handle()
-            )  # later shapes capture into a fresh pool (CapturedStep's why)
+            self.pool = abandon_pool(self.pool)
             shape["eager_reason"] = f"capture failed: {type(err).__name__}"
             warn(
                 f"a stacked training step could not be captured ({type(err).__name__}: {err}); it runs eagerly"

@@ -216,11 +216,6 @@ class CapturedStep:
             raise  # the cell's result is 'oom', as eagerly
         except Exception as err:  # noqa: BLE001 - any failure to capture leaves this shape eager
             shape.eager_reason = f"capture failed: {type(err).__name__}"
-            # Later shapes capture into a pool of their own: on the image's torch 2.11 the failed capture can leave
-            # its pool marked as recording however it is told to stop (stop_recording), and every later capture
-            # into it then fails ('beginAllocateToPool: already recording to mempool_id'). The graphs captured
-            # before keep the old pool alive for as long as they are used.
-            self.pool = torch.cuda.graph_pool_handle()
             warn(
                 f"the training step for batches of shape {tuple(shape.inputs.shape)} could not be captured as a "
                 f"CUDA graph ({type(err).__name__}: {err}); those batches train eagerly"
@@ -243,7 +238,7 @@ class CapturedStep:
         except BaseException:
             # a capture_end that raises skips torch.cuda.graph's restoring of this thread's stream
             torch.cuda.set_stream(current)
-            stop_recording(self.pool)
+            self.pool = abandon_pool(self.pool)
             raise
         finally:
             for group, lr in zip(self.optimizer.param_groups, floats, strict=True):
@@ -251,13 +246,18 @@ class CapturedStep:
         return graph, loss
 
 
-def stop_recording(pool: tuple[int, int]) -> None:
-    """End the caching allocator's recording into `pool` after a failed capture. torch 2.11 raises out of
-    capture_end before it tells the allocator that the capture is over, and CUDAGraph's reset does not tell it
-    either, so the pool stays 'recording': the next capture into it fails ('beginAllocateToPool: already recording
-    to mempool_id', as every later shape of each cell did in results/packing-h200/), and while the allocator
-    counts a capture under way, emptying its cache hands back nothing, for every thread of the process (the pool
-    launcher's workers empty it between cells). Newer torch ends the recording itself before it raises."""
+def abandon_pool(pool: tuple[int, int]) -> tuple[int, int]:
+    """After a failed capture into `pool`: end the caching allocator's recording into it, and return a fresh pool
+    for later captures.
+
+    torch 2.11 raises out of capture_end before it tells the allocator that the capture is over, and CUDAGraph's
+    reset does not tell it either. While the allocator counts a capture under way, emptying its cache hands back
+    nothing, for every thread of the process (the pool launcher's workers empty it between cells): hence the end
+    of the recording. Ending it was not enough for the next capture into the same pool, though: on an H200 it
+    still failed with 'beginAllocateToPool: already recording to mempool_id' (as every later shape of each cell
+    did in results/packing-h200/), and a fresh pool captured. The graphs captured before keep the old pool alive
+    for as long as they are used. Newer torch ends the recording itself before it raises."""
     # RuntimeError 'not currently recording': the failure came before the recording began, or torch ended it
     with contextlib.suppress(RuntimeError):
         torch._C._cuda_endAllocateToPool(torch.cuda.current_device(), pool)
+    return torch.cuda.graph_pool_handle()
